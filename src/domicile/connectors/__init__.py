@@ -1,0 +1,1 @@
+"""Connectors: one small interface per kind of store (SQL databases, object stores)."""

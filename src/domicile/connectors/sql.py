@@ -1,0 +1,192 @@
+"""SQL stores through SQLAlchemy Core: SQLite, PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL).
+
+Driver exceptions are translated to domicile errors in one place,
+:func:`translate`, so that callers see what failed, on which store, and what
+to do.  Identifiers from the map are always SQLAlchemy objects (quoted by the
+dialect), never formatted into SQL text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from domicile.errors import (
+    DomicileError,
+    PermanentConnectorError,
+    TransientConnectorError,
+)
+from domicile.model import Store
+
+# Drivers domicile installs (extras postgres / mysql); bare dialect names get them.
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
+                    "mariadb": "mariadb+pymysql"}
+
+_AUTH_WORDS = ("password authentication failed", "access denied", "authentication failed",
+               "role \"", "no password supplied")
+
+
+def _normalize_url(url: str) -> sa.URL:
+    parsed = make_url(url)
+    if parsed.drivername in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=_DEFAULT_DRIVERS[parsed.drivername])
+    return parsed
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+@contextmanager
+def translate(store: Store, doing: str) -> Iterator[None]:
+    """Turn driver exceptions raised while *doing* something into domicile errors."""
+    try:
+        yield
+    except DomicileError:
+        raise
+    except sa.exc.DBAPIError as exc:
+        detail = _first_line(exc)
+        lowered = detail.lower()
+        where = f"store {store.name} ({store.display_url})"
+        if any(w in lowered for w in _AUTH_WORDS):
+            raise PermanentConnectorError(
+                f"{doing}: authentication failed: {detail}",
+                where=where,
+                hint="check the user and password in the store URL (use ${VAR} for secrets)",
+            ) from exc
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
+            if "does not exist" in lowered or "unknown database" in lowered:
+                raise PermanentConnectorError(
+                    f"{doing}: {detail}", where=where,
+                    hint="create the database or fix its name in the store URL",
+                ) from exc
+            raise TransientConnectorError(
+                f"{doing}: {detail}",
+                where=where,
+                hint="is the server running and reachable at that host and port?",
+            ) from exc
+        raise PermanentConnectorError(f"{doing}: {detail}", where=where) from exc
+    except sa.exc.SQLAlchemyError as exc:
+        raise PermanentConnectorError(
+            f"{doing}: {_first_line(exc)}", where=f"store {store.name}"
+        ) from exc
+
+
+class SqlStore:
+    """One SQL store: an engine, reflection with a cache, and error translation."""
+
+    def __init__(self, store: Store, connect_timeout: int = 5, pool_size: int = 5):
+        if store.kind != "sql":
+            raise ValueError(f"{store.name} is not a SQL store")
+        self.store = store
+        self.name = store.name
+        self.url = _normalize_url(store.url)
+        self.dialect = self.url.get_backend_name()
+        self._connect_timeout = connect_timeout
+        self._pool_size = pool_size
+        self._engine: sa.Engine | None = None
+        self._tables: dict[str, sa.Table] = {}
+        self._metadata = sa.MetaData()
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine, created on first use."""
+        if self._engine is None:
+            self._engine = self._create_engine()
+        return self._engine
+
+    def _create_engine(self) -> sa.Engine:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            db = self.url.database or ""
+            if db and db != ":memory:" and not Path(db).exists():
+                raise PermanentConnectorError(
+                    f"SQLite file {db} does not exist",
+                    where=f"store {self.name}",
+                    hint="fix the path in the store URL (relative paths start at the map's folder)",
+                )
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            engine = sa.create_engine(self.url, **kwargs)
+
+            @sa.event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+            return engine
+        kwargs["connect_args"] = {"connect_timeout": self._connect_timeout}
+        kwargs["pool_size"] = self._pool_size
+        return sa.create_engine(self.url, **kwargs)
+
+    def check(self) -> str:
+        """Connect and return the server's version string."""
+        with translate(self.store, "connecting"), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            info = conn.dialect.server_version_info or ()
+            return f"{self.dialect} {'.'.join(str(p) for p in info)}".strip()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # -- reflection ---------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        """Every table in the store's default schema."""
+        with translate(self.store, "listing tables"):
+            return sa.inspect(self.engine).get_table_names()
+
+    def has_table(self, name: str) -> bool:
+        """True when the store has table *name*."""
+        if name in self._tables:
+            return True
+        with translate(self.store, f"looking for table {name}"):
+            return sa.inspect(self.engine).has_table(name)
+
+    def table(self, name: str) -> sa.Table:
+        """The reflected table *name* (cached); PermanentConnectorError if missing."""
+        with self._lock:
+            if name not in self._tables:
+                if not self.has_table(name):
+                    raise PermanentConnectorError(
+                        f"table '{name}' does not exist",
+                        where=f"store {self.name}",
+                        hint="create it, fix the table name, or narrow the dataset with stores:",
+                    )
+                with translate(self.store, f"reading the definition of table {name}"):
+                    self._tables[name] = sa.Table(name, self._metadata, autoload_with=self.engine)
+            return self._tables[name]
+
+    def forget(self, name: str) -> None:
+        """Drop a cached reflection (after creating or altering a table)."""
+        with self._lock:
+            table = self._tables.pop(name, None)
+            if table is not None:
+                self._metadata.remove(table)
+
+    @contextmanager
+    def connect(self, doing: str) -> Iterator[sa.Connection]:
+        """A connection with errors translated."""
+        with translate(self.store, doing), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self, doing: str) -> Iterator[sa.Connection]:
+        """A transaction with errors translated."""
+        with translate(self.store, doing), self.engine.begin() as conn:
+            yield conn

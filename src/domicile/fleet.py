@@ -1,0 +1,166 @@
+"""The fleet: the data map's stores opened, and where each dataset lives.
+
+A dataset lives in every SQL store that has its table, unless the map's
+``stores:`` narrows it.  Resolving a dataset also checks every column the map
+names (key, owners and their hops, blob column, exception filters, the
+directory's id and country) so that a typo fails before any work starts,
+with the map's line and the columns that do exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from domicile.connectors.sql import SqlStore
+from domicile.datamap import locate
+from domicile.errors import ConfigError, DomicileError, PermanentConnectorError
+from domicile.model import DataMap, Dataset
+
+
+@dataclass(frozen=True)
+class Location:
+    """One store's copy of a SQL dataset."""
+
+    store: SqlStore
+    table: sa.Table
+    key: tuple[str, ...]
+
+
+def _missing_column(column: str, table: sa.Table, store: str, where: str, what: str) -> ConfigError:
+    names = [c.name for c in table.columns]
+    close = difflib.get_close_matches(column, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"columns: {', '.join(names)}"
+    return ConfigError(
+        f"{what} '{column}' is not a column of table '{table.name}' in store {store}",
+        where=where,
+        hint=hint,
+    )
+
+
+class Fleet:
+    """Opened stores of a data map, with dataset locations resolved lazily."""
+
+    def __init__(self, datamap: DataMap, connect_timeout: int = 5, pool_size: int = 5):
+        self.map = datamap
+        self.sql: dict[str, SqlStore] = {
+            s.name: SqlStore(s, connect_timeout=connect_timeout, pool_size=pool_size)
+            for s in datamap.sql_stores()
+        }
+        self._locations: dict[str, list[Location]] = {}
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Dispose every engine."""
+        for store in self.sql.values():
+            store.dispose()
+
+    def check_stores(self) -> Iterable[tuple[str, str | None, DomicileError | None]]:
+        """Reach every SQL store: yields (name, server version, error)."""
+        for name, store in self.sql.items():
+            try:
+                yield name, store.check(), None
+            except DomicileError as exc:
+                yield name, None, exc
+
+    def locations(self, name: str) -> list[Location]:
+        """Where SQL dataset *name* lives, validated; cached."""
+        if name not in self._locations:
+            self._locations[name] = self._resolve(self.map.datasets[name])
+        return self._locations[name]
+
+    def location(self, dataset: str, store: str) -> Location | None:
+        """The dataset's location in *store*, if it lives there."""
+        for loc in self.locations(dataset):
+            if loc.store.name == store:
+                return loc
+        return None
+
+    def validate(self) -> None:
+        """Resolve every SQL dataset (raises on the first problem)."""
+        for ds in self.map.datasets.values():
+            if ds.is_sql:
+                self.locations(ds.name)
+
+    # -- resolution -----------------------------------------------------------
+
+    def _resolve(self, ds: Dataset) -> list[Location]:
+        assert ds.table is not None
+        where = locate(self.map, "datasets", ds.name, "table")
+        if ds.stores is not None:
+            candidates = [self.sql[s] for s in ds.stores if s in self.sql]
+            for store in candidates:
+                if not store.has_table(ds.table):
+                    raise PermanentConnectorError(
+                        f"dataset '{ds.name}': table '{ds.table}' does not exist in store {store.name}",
+                        where=where,
+                        hint=f"create it there, or remove {store.name} from the dataset's stores:",
+                    )
+        else:
+            candidates = [s for s in self.sql.values() if s.has_table(ds.table)]
+        if not candidates:
+            raise ConfigError(
+                f"dataset '{ds.name}': table '{ds.table}' is in no SQL store "
+                f"(looked in: {', '.join(self.sql) or 'none'})",
+                where=where,
+                hint="fix the table name or add the store that holds it",
+            )
+        return [self._check_columns(ds, store) for store in candidates]
+
+    def _check_columns(self, ds: Dataset, store: SqlStore) -> Location:
+        assert ds.table is not None
+        table = store.table(ds.table)
+        m = self.map
+        if ds.key:
+            key = ds.key
+            for col in key:
+                if col not in table.c:
+                    raise _missing_column(col, table, store.name, locate(m, "datasets", ds.name, "key"), "key")
+        else:
+            key = tuple(c.name for c in table.primary_key.columns)
+            if not key:
+                raise ConfigError(
+                    f"dataset '{ds.name}': table '{ds.table}' in store {store.name} has no primary key",
+                    where=locate(m, "datasets", ds.name),
+                    hint="declare key: [column, ...] in the dataset",
+                )
+        field = "owners" if len(ds.owners) > 1 else "owner"
+        for owner in ds.owners:
+            owner_where = locate(m, "datasets", ds.name, field)
+            if owner.column not in table.c:
+                raise _missing_column(owner.column, table, store.name, owner_where, "owner column")
+            for hop in owner.hops:
+                if not store.has_table(hop.table):
+                    raise ConfigError(
+                        f"owner path '{owner.text}' goes through table '{hop.table}', "
+                        f"which store {store.name} does not have",
+                        where=owner_where,
+                        hint="fix the path, or narrow the dataset with stores: to stores that have it",
+                    )
+                hop_table = store.table(hop.table)
+                for col in (hop.match, hop.read):
+                    if col not in hop_table.c:
+                        raise _missing_column(col, hop_table, store.name, owner_where, "owner path column")
+        if ds.blobs and ds.blobs.column not in table.c:
+            raise _missing_column(ds.blobs.column, table, store.name,
+                                  locate(m, "datasets", ds.name, "blobs", "column"), "blob column")
+        for w in m.exceptions:
+            if w.dataset == ds.name:
+                for col in w.where:
+                    if col not in table.c:
+                        raise _missing_column(col, table, store.name,
+                                              locate(m, "exceptions", w.index, "where"), "exception filter")
+        if ds.name == m.subjects.dataset:
+            for col, key_name in ((m.subjects.id, "id"), (m.subjects.country, "country")):
+                if col not in table.c:
+                    raise _missing_column(col, table, store.name,
+                                          locate(m, "subjects", key_name), "directory column")
+        return Location(store, table, key)

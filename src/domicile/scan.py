@@ -1,0 +1,400 @@
+"""The census: for every (jurisdiction, store, dataset), records, bytes and violations.
+
+The work is pushed into each database.  For one dataset in one store domicile
+sends a single grouped query: the table, outer-joined along each owner path,
+outer-joined to the directory when that store has it, grouped by the owners'
+raw country values and by one flag per exception filter.  Records whose
+owner the local directory does not know come back grouped by owner id and
+are resolved against the other stores' directories in chunks of ids, never
+one round trip per row.  Country normalisation and the placement rule then
+run over the (few) groups in Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from domicile.countries import normalize_country
+from domicile.fleet import Fleet, Location
+from domicile.model import UNRESTRICTED, DataMap, Dataset, Waiver
+from domicile.placement import ORPHAN, UNKNOWN, Verdict, classify
+
+_ZERO = sa.literal_column("0", sa.Integer)
+_ONE = sa.literal_column("1", sa.Integer)
+
+CHUNK = 1000  # ids per IN-list when resolving owners across stores
+SAMPLE_ROWS = 200  # rows read to estimate the average record size
+
+
+@dataclass
+class Cell:
+    """Records of one jurisdiction's subjects in one store and dataset."""
+
+    jurisdiction: str
+    store: str
+    dataset: str
+    records: int = 0
+    bytes: int = 0
+    violating: int = 0
+    excepted: int = 0
+    conflicts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The cell as JSON-ready dict."""
+        return {
+            "jurisdiction": self.jurisdiction,
+            "store": self.store,
+            "dataset": self.dataset,
+            "records": self.records,
+            "bytes": self.bytes,
+            "violating": self.violating,
+            "excepted": self.excepted,
+            "conflicts": self.conflicts,
+        }
+
+
+@dataclass
+class WaiverUse:
+    """How many records an exception covers (or would cover, once expired)."""
+
+    waiver: Waiver
+    active: bool
+    records: int = 0
+
+
+@dataclass
+class Census:
+    """The result of a scan."""
+
+    cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)
+    violations: int = 0
+    conflicts: int = 0
+    orphans: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    unknown_records: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    unknown_countries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    waivers: list[WaiverUse] = field(default_factory=list)
+    today: dt.date = field(default_factory=dt.date.today)
+
+    @property
+    def unresolved(self) -> int:
+        """Records whose owner is unknown, or whose subject's country is."""
+        return sum(self.orphans.values()) + sum(self.unknown_records.values())
+
+    @property
+    def compliant(self) -> bool:
+        """No record sits where its rule forbids it."""
+        return self.violations == 0 and self.conflicts == 0
+
+    def cell(self, jurisdiction: str, store: str, dataset: str) -> Cell:
+        """The cell, created empty on first use."""
+        key = (jurisdiction, store, dataset)
+        if key not in self.cells:
+            self.cells[key] = Cell(jurisdiction, store, dataset)
+        return self.cells[key]
+
+    def violations_in(self, jurisdictions: Iterable[str]) -> int:
+        """Violating records of the given jurisdictions (a record may count in two)."""
+        wanted = set(jurisdictions)
+        return sum(c.violating for c in self.cells.values() if c.jurisdiction in wanted)
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape DESIGN.md gives for ``scan --json``, plus details."""
+        return {
+            "violations": self.violations,
+            "unresolved": self.unresolved,
+            "conflicts": self.conflicts,
+            "cells": [c.as_dict() for c in sorted(self.cells.values(), key=_cell_order)],
+            "orphans": [
+                {"store": s, "dataset": d, "records": n} for (s, d), n in sorted(self.orphans.items())
+            ],
+            "unknown_country_records": [
+                {"store": s, "dataset": d, "records": n}
+                for (s, d), n in sorted(self.unknown_records.items())
+            ],
+            "unknown_countries": [
+                {"value": v, "subjects": n} for v, n in sorted(self.unknown_countries.items())
+            ],
+            "exceptions": [
+                {
+                    "index": u.waiver.index,
+                    "dataset": u.waiver.dataset,
+                    "where": dict(u.waiver.where),
+                    "reason": u.waiver.reason,
+                    "approved_by": u.waiver.approved_by,
+                    "expires": u.waiver.expires.isoformat(),
+                    "active": u.active,
+                    "records": u.records,
+                }
+                for u in self.waivers
+            ],
+            "date": self.today.isoformat(),
+        }
+
+
+def _cell_order(c: Cell) -> tuple[str, str, str]:
+    return (c.jurisdiction, c.store, c.dataset)
+
+
+# ---------------------------------------------------------------------------
+# Query building.
+
+
+def _where_clause(table: sa.Table, where: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+    """An exception's structured filter: scalar → =, list → IN, null → IS NULL."""
+    parts: list[sa.ColumnElement[bool]] = []
+    for col, value in where.items():
+        column = table.c[col]
+        if value is None:
+            parts.append(column.is_(None))
+        elif isinstance(value, list | tuple):
+            parts.append(column.in_(list(value)))
+        else:
+            parts.append(column == value)
+    return sa.and_(sa.true(), *parts)
+
+
+def owner_expressions(
+    loc: Location, ds: Dataset
+) -> tuple[sa.FromClause, list[sa.ColumnElement[Any]]]:
+    """The FROM clause with each owner path outer-joined, and one expression per owner."""
+    from_: sa.FromClause = loc.table
+    exprs: list[sa.ColumnElement[Any]] = []
+    for k, owner in enumerate(ds.owners):
+        current: sa.ColumnElement[Any] = loc.table.c[owner.column]
+        for h, hop in enumerate(owner.hops):
+            hop_table = loc.store.table(hop.table).alias(f"o{k}h{h}")
+            from_ = from_.outerjoin(hop_table, hop_table.c[hop.match] == current)
+            current = hop_table.c[hop.read]
+        exprs.append(current)
+    return from_, exprs
+
+
+@dataclass(frozen=True)
+class GroupQuery:
+    """A census query and how to read its columns."""
+
+    select: sa.Select[Any]
+    owners: int
+    waivers: tuple[int, ...]
+
+
+def census_query(m: DataMap, loc: Location, ds: Dataset, directory: Location | None) -> GroupQuery:
+    """One grouped query for *ds* in *loc*'s store (see the module docstring)."""
+    from_, exprs = owner_expressions(loc, ds)
+    cols: list[sa.ColumnElement[Any]] = []
+    sub = m.subjects
+    self_directory = (
+        directory is not None
+        and ds.name == sub.dataset
+        and len(ds.owners) == 1
+        and not ds.owners[0].hops
+        and ds.owners[0].column == sub.id
+    )
+    for k, expr in enumerate(exprs):
+        if self_directory:
+            cols += [
+                loc.table.c[sub.country].label(f"c{k}"),
+                sa.null().label(f"u{k}"),
+                _ONE.label(f"f{k}"),
+            ]
+        elif directory is not None:
+            d = directory.table.alias(f"d{k}")
+            from_ = from_.outerjoin(d, d.c[sub.id] == expr)
+            missing = d.c[sub.id].is_(None)
+            cols += [
+                d.c[sub.country].label(f"c{k}"),
+                sa.case((missing, expr), else_=sa.null()).label(f"u{k}"),
+                sa.case((missing, _ZERO), else_=_ONE).label(f"f{k}"),
+            ]
+        else:
+            cols += [sa.null().label(f"c{k}"), expr.label(f"u{k}"), _ZERO.label(f"f{k}")]
+    waivers = tuple(w.index for w in m.exceptions if w.dataset == ds.name)
+    for w in m.exceptions:
+        if w.dataset == ds.name:
+            cond = _where_clause(loc.table, w.where)
+            cols.append(sa.case((cond, _ONE), else_=_ZERO).label(f"x{w.index}"))
+    # Group in an outer query over a derived table: expressions with bound
+    # parameters (exception filters) cannot be repeated in GROUP BY on
+    # PostgreSQL, and every engine flattens this shape into one scan.
+    inner = sa.select(*cols).select_from(from_).subquery("g")
+    select = sa.select(*inner.c, sa.func.count().label("n")).group_by(*inner.c)
+    return GroupQuery(select, len(exprs), waivers)
+
+
+def _row_bytes(row: Sequence[Any]) -> int:
+    total = 0
+    for v in row:
+        if v is None:
+            total += 1
+        elif isinstance(v, bytes | bytearray | memoryview):
+            total += len(v)
+        elif isinstance(v, str):
+            total += len(v.encode("utf-8"))
+        elif isinstance(v, bool | int | float):
+            total += 8
+        else:
+            total += len(str(v))
+    return total
+
+
+def average_record_bytes(loc: Location) -> float:
+    """Average size of a record, estimated from a small sample of rows."""
+    with loc.store.connect(f"sampling {loc.table.name}") as conn:
+        rows = conn.execute(sa.select(loc.table).limit(SAMPLE_ROWS)).all()
+    if not rows:
+        return 0.0
+    return sum(_row_bytes(r) for r in rows) / len(rows)
+
+
+# ---------------------------------------------------------------------------
+# Running the census.
+
+
+class _Directory:
+    """Resolves subject ids to raw country values across every directory store."""
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self.cache: dict[Any, Any] = {}
+        self.locations = fleet.locations(fleet.map.subjects.dataset)
+
+    def resolve(self, ids: Iterable[Any]) -> None:
+        """Look up every id not yet cached, in chunks, store by store."""
+        sub = self.fleet.map.subjects
+        wanted = {i for i in ids if i is not None and i not in self.cache}
+        for loc in self.locations:
+            if not wanted:
+                break
+            pending = sorted(wanted, key=str)
+            for start in range(0, len(pending), CHUNK):
+                chunk = pending[start : start + CHUNK]
+                q = sa.select(loc.table.c[sub.id], loc.table.c[sub.country]).where(
+                    loc.table.c[sub.id].in_(chunk)
+                )
+                with loc.store.connect("reading the subjects directory") as conn:
+                    for sid, country in conn.execute(q):
+                        self.cache.setdefault(sid, country)
+            wanted -= set(self.cache)
+        for i in wanted:
+            self.cache[i] = ORPHAN  # found in no directory
+
+    def country(self, sid: Any) -> str:
+        raw = self.cache.get(sid, ORPHAN)
+        if raw == ORPHAN:
+            return ORPHAN
+        return normalize_country(raw) or UNKNOWN
+
+
+def _count_unknown_countries(fleet: Fleet, census: Census) -> None:
+    sub = fleet.map.subjects
+    for loc in fleet.locations(sub.dataset):
+        col = loc.table.c[sub.country]
+        q = sa.select(col, sa.func.count()).group_by(col)
+        with loc.store.connect("counting directory countries") as conn:
+            for raw, n in conn.execute(q):
+                if normalize_country(raw) is None:
+                    census.unknown_countries[str(raw) if raw is not None else "(empty)"] += n
+
+
+Progress = Callable[[str], None]
+
+
+def scan(
+    fleet: Fleet,
+    today: dt.date | None = None,
+    datasets: Iterable[str] | None = None,
+    progress: Progress | None = None,
+) -> Census:
+    """Run the census over the whole fleet (or the named datasets)."""
+    m = fleet.map
+    today = today or dt.datetime.now(dt.UTC).date()
+    census = Census(today=today)
+    uses = {w.index: WaiverUse(w, w.active(today)) for w in m.exceptions}
+    census.waivers = list(uses.values())
+    directory = _Directory(fleet)
+    names = list(datasets) if datasets is not None else list(m.datasets)
+    for name in names:
+        ds = m.datasets[name]
+        if ds.reference or not ds.is_sql:
+            continue
+        for loc in fleet.locations(name):
+            if progress:
+                progress(f"{name} in {loc.store.name}")
+            _scan_location(fleet, census, directory, uses, ds, loc, today)
+    _count_unknown_countries(fleet, census)
+    return census
+
+
+def _scan_location(
+    fleet: Fleet,
+    census: Census,
+    directory: _Directory,
+    uses: dict[int, WaiverUse],
+    ds: Dataset,
+    loc: Location,
+    today: dt.date,
+) -> None:
+    m = fleet.map
+    store = m.stores[loc.store.name]
+    local_dir = fleet.location(m.subjects.dataset, loc.store.name)
+    gq = census_query(m, loc, ds, local_dir)
+    with loc.store.connect(f"counting {ds.name}") as conn:
+        groups = conn.execute(gq.select).mappings().all()
+    directory.resolve(g[f"u{k}"] for g in groups for k in range(gq.owners))
+    avg = average_record_bytes(loc) if groups else 0.0
+    verdicts: dict[tuple[Any, ...], Verdict] = {}
+    for g in groups:
+        countries = []
+        for k in range(gq.owners):
+            if g[f"f{k}"]:
+                countries.append(normalize_country(g[f"c{k}"]) or UNKNOWN)
+            elif g[f"u{k}"] is not None:
+                countries.append(directory.country(g[f"u{k}"]))
+            else:
+                countries.append(ORPHAN)
+        flags = frozenset(i for i in gq.waivers if g[f"x{i}"])
+        key = (*countries, flags)
+        if key not in verdicts:
+            verdicts[key] = classify(m, store, ds, countries, flags, today)
+        _add(census, uses, verdicts[key], loc.store.name, ds.name, int(g["n"]), avg)
+
+
+def _add(
+    census: Census,
+    uses: dict[int, WaiverUse],
+    v: Verdict,
+    store: str,
+    dataset: str,
+    n: int,
+    avg: float,
+) -> None:
+    if v.status == "orphan":
+        census.orphans[(store, dataset)] += n
+        return
+    if v.status == "unknown":
+        census.unknown_records[(store, dataset)] += n
+        return
+    if v.status == "violating":
+        census.violations += n
+    elif v.status == "conflict":
+        census.conflicts += n
+    if v.waiver is not None:
+        uses[v.waiver.index].records += n
+    if v.expired is not None:
+        uses[v.expired.index].records += n
+    for j in v.jurisdictions or (UNRESTRICTED,):
+        cell = census.cell(j, store, dataset)
+        cell.records += n
+        cell.bytes += round(n * avg)
+        if v.status == "violating":
+            cell.violating += n
+        elif v.status == "excepted":
+            cell.excepted += n
+        elif v.status == "conflict":
+            cell.conflicts += n
