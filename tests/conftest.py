@@ -17,7 +17,9 @@ import sqlalchemy as sa
 
 from fixtures_s3 import *  # noqa: F403  (the SeaweedFS S3 server fixtures)
 
-POSTGRES = os.environ.get("DOMICILE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES = os.environ.get(
+    "DOMICILE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 MYSQL = os.environ.get("DOMICILE_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/mysql")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -37,8 +39,9 @@ class DatabaseFactory:
     def __init__(self, server_url: str, backend: str):
         self.server = sa.make_url(server_url)
         self.backend = backend
-        self.admin = sa.create_engine(self.server, isolation_level="AUTOCOMMIT",
-                                      connect_args={"connect_timeout": 5})
+        self.admin = sa.create_engine(
+            self.server, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+        )
         self.made: list[str] = []
 
     def ping(self) -> None:
@@ -51,7 +54,9 @@ class DatabaseFactory:
             if self.backend == "postgresql":
                 conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
             else:
-                conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+                conn.execute(
+                    sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                )
         self.made.append(name)
         return self.server.set(database=name).render_as_string(hide_password=False)
 

@@ -17,25 +17,64 @@ import yaml
 
 def metadata() -> sa.MetaData:
     md = sa.MetaData()
-    sa.Table("users", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("name", sa.String(50)), sa.Column("country", sa.String(40)))
-    sa.Table("invoice", md, sa.Column("invoice_id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("customer_id", sa.Integer), sa.Column("total", sa.Numeric(10, 2)))
-    sa.Table("invoice_line", md, sa.Column("line_id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("invoice_id", sa.Integer), sa.Column("amount", sa.Numeric(10, 2)))
-    sa.Table("shipment_item", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("line_id", sa.Integer), sa.Column("sku", sa.String(20)))
-    sa.Table("likes", md, sa.Column("user_id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("post_id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("at", sa.DateTime))
-    sa.Table("messages", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("sender_id", sa.Integer), sa.Column("recipient_id", sa.Integer),
-             sa.Column("body", sa.Text))
-    sa.Table("dms", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("sender_id", sa.Integer), sa.Column("recipient_id", sa.Integer),
-             sa.Column("body", sa.Text))
-    sa.Table("posts", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("user_id", sa.Integer), sa.Column("visibility", sa.String(10)))
+    sa.Table(
+        "users",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(50)),
+        sa.Column("country", sa.String(40)),
+    )
+    sa.Table(
+        "invoice",
+        md,
+        sa.Column("invoice_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("customer_id", sa.Integer),
+        sa.Column("total", sa.Numeric(10, 2)),
+    )
+    sa.Table(
+        "invoice_line",
+        md,
+        sa.Column("line_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("invoice_id", sa.Integer),
+        sa.Column("amount", sa.Numeric(10, 2)),
+    )
+    sa.Table(
+        "shipment_item",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("line_id", sa.Integer),
+        sa.Column("sku", sa.String(20)),
+    )
+    sa.Table(
+        "likes",
+        md,
+        sa.Column("user_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("post_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.DateTime),
+    )
+    sa.Table(
+        "messages",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("sender_id", sa.Integer),
+        sa.Column("recipient_id", sa.Integer),
+        sa.Column("body", sa.Text),
+    )
+    sa.Table(
+        "dms",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("sender_id", sa.Integer),
+        sa.Column("recipient_id", sa.Integer),
+        sa.Column("body", sa.Text),
+    )
+    sa.Table(
+        "posts",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("user_id", sa.Integer),
+        sa.Column("visibility", sa.String(10)),
+    )
     return md
 
 
@@ -94,8 +133,13 @@ ROWS: dict[str, dict[str, list[dict[str, Any]]]] = {
         ],
     },
     "us": {
-        "users": [{"id": 6, "name": "Dee", "country": "us"}, {"id": 7, "name": "Éloi", "country": "CA"}],
-        "invoice": [], "invoice_line": [], "shipment_item": [],
+        "users": [
+            {"id": 6, "name": "Dee", "country": "us"},
+            {"id": 7, "name": "Éloi", "country": "CA"},
+        ],
+        "invoice": [],
+        "invoice_line": [],
+        "shipment_item": [],
         "likes": [{"user_id": 6, "post_id": 10, "at": T0}],
         "messages": [
             {"id": 7, "sender_id": 6, "recipient_id": 1, "body": "home"},
@@ -137,9 +181,16 @@ EXPECTED_CELLS = {
     ("US", "us", "dms"): (1, 0, 0, 0),
     ("CA", "us", "dms"): (1, 0, 0, 0),
 }
-EXPECTED_VIOLATIONS = 4 + 3 + 4 + 2 + 3 + 1 + 3 + 1  # users invoices lines items likes posts messages dms
+EXPECTED_VIOLATIONS = (
+    4 + 3 + 4 + 2 + 3 + 1 + 3 + 1
+)  # users invoices lines items likes posts messages dms
 EXPECTED_CONFLICTS = 2
-EXPECTED_ORPHANS = {("sg", "invoices"): 1, ("sg", "lines"): 2, ("sg", "items"): 1, ("sg", "messages"): 1}
+EXPECTED_ORPHANS = {
+    ("sg", "invoices"): 1,
+    ("sg", "lines"): 2,
+    ("sg", "items"): 1,
+    ("sg", "messages"): 1,
+}
 EXPECTED_UNKNOWN = {("sg", "users"): 1, ("sg", "likes"): 1}
 
 
@@ -160,22 +211,47 @@ def data_map(urls: dict[str, str]) -> dict[str, Any]:
         "datasets": {
             "users": {"table": "users", "key": ["id"], "owner": "id"},
             "invoices": {"table": "invoice", "key": ["invoice_id"], "owner": "customer_id"},
-            "lines": {"table": "invoice_line", "key": ["line_id"],
-                      "owner": "invoice_id -> invoice.invoice_id -> customer_id"},
-            "items": {"table": "shipment_item",
-                      "owner": "line_id -> invoice_line.line_id -> invoice_id -> invoice.invoice_id -> customer_id"},
+            "lines": {
+                "table": "invoice_line",
+                "key": ["line_id"],
+                "owner": "invoice_id -> invoice.invoice_id -> customer_id",
+            },
+            "items": {
+                "table": "shipment_item",
+                "owner": "line_id -> invoice_line.line_id -> invoice_id"
+                " -> invoice.invoice_id -> customer_id",
+            },
             "likes": {"table": "likes", "key": ["user_id", "post_id"], "owner": "user_id"},
-            "messages": {"table": "messages", "key": ["id"], "owners": ["sender_id", "recipient_id"]},
-            "dms": {"table": "dms", "key": ["id"], "owners": ["sender_id", "recipient_id"],
-                    "multi_owner": "each"},
+            "messages": {
+                "table": "messages",
+                "key": ["id"],
+                "owners": ["sender_id", "recipient_id"],
+            },
+            "dms": {
+                "table": "dms",
+                "key": ["id"],
+                "owners": ["sender_id", "recipient_id"],
+                "multi_owner": "each",
+            },
             "posts": {"table": "posts", "key": ["id"], "owner": "user_id", "stores": ["sg"]},
         },
         "exceptions": [
-            {"dataset": "posts", "where": {"visibility": "public"}, "allowed": "any",
-             "reason": "Public posts are served worldwide", "approved_by": "CPO",
-             "expires": dt.date(2099, 1, 1)},
-            {"dataset": "likes", "where": {"post_id": 10}, "allowed": {"country": "SG"},
-             "reason": "Analytics hold", "approved_by": "CTO", "expires": dt.date(2020, 1, 1)},
+            {
+                "dataset": "posts",
+                "where": {"visibility": "public"},
+                "allowed": "any",
+                "reason": "Public posts are served worldwide",
+                "approved_by": "CPO",
+                "expires": dt.date(2099, 1, 1),
+            },
+            {
+                "dataset": "likes",
+                "where": {"post_id": 10},
+                "allowed": {"country": "SG"},
+                "reason": "Analytics hold",
+                "approved_by": "CTO",
+                "expires": dt.date(2020, 1, 1),
+            },
         ],
     }
 
@@ -185,7 +261,9 @@ def build(tmp: Path, urls: dict[str, str]) -> Path:
     md = metadata()
     for store, tables in ROWS.items():
         engine = sa.create_engine(urls[store])
-        wanted = [md.tables[t] for t in md.tables if t in tables or (store == "sg" and t == "posts")]
+        wanted = [
+            md.tables[t] for t in md.tables if t in tables or (store == "sg" and t == "posts")
+        ]
         if store == "ca":
             wanted = [md.tables["users"]]
         md.create_all(engine, tables=wanted)

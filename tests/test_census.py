@@ -59,6 +59,10 @@ def test_scan_json_shape_and_exit_code(fleet_path):
     assert data["violations"] == fleetkit.EXPECTED_VIOLATIONS
     assert data["conflicts"] == fleetkit.EXPECTED_CONFLICTS
     assert data["unresolved"] == 7
-    cell = next(c for c in data["cells"] if (c["jurisdiction"], c["store"], c["dataset"]) == ("US", "sg", "users"))
+    cell = next(
+        c
+        for c in data["cells"]
+        if (c["jurisdiction"], c["store"], c["dataset"]) == ("US", "sg", "users")
+    )
     assert {k: cell[k] for k in ("records", "violating")} == {"records": 2, "violating": 2}
     assert set(cell) >= {"jurisdiction", "store", "dataset", "records", "violating"}

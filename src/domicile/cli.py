@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from domicile.datamap import load_map
 from domicile.errors import (
-    EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_VIOLATIONS,
     DomicileError,
@@ -38,11 +37,15 @@ ConfigOpt = typer.Option(Path("domicile.yaml"), "-c", "--config", help="The data
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        # CI logs and files: plain text, wide enough that tables do not fold
+        console = Console(highlight=False, soft_wrap=False, width=160)
+    return console
 
 
 def _err_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -50,8 +53,10 @@ def check(config: Path = ConfigOpt) -> None:
     """Validate the data map and reach every store (one line per store)."""
     console = _console()
     m = load_map(config)
-    console.print(f"data map {m.path}: valid ({len(m.stores)} stores, {len(m.datasets)} datasets, "
-                  f"{len(m.jurisdictions)} jurisdictions)")
+    console.print(
+        f"data map {m.path}: valid ({len(m.stores)} stores, {len(m.datasets)} datasets, "
+        f"{len(m.jurisdictions)} jurisdictions)"
+    )
     failed: DomicileError | None = None
     with Fleet(m) as fleet:
         for name, version, error in fleet.check_stores():
@@ -103,23 +108,20 @@ def demo(
     console.print(f"next: domicile scan -c {path}")
 
 
-def main() -> None:
-    """Entry point: run the app; map domicile errors to exit codes and clear messages."""
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the command line with *argv*; return the exit code (errors printed, never raised)."""
     try:
-        app(standalone_mode=False)
+        # standalone mode: Typer handles usage errors (exit 2) and ends with SystemExit
+        app(args=argv, prog_name="domicile")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else 1)
     except DomicileError as exc:
         _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(exit_code_for(exc))
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _err_console().print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+        return exit_code_for(exc)
+    return EXIT_OK
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
-        raise
-    sys.exit(EXIT_OK)
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli())

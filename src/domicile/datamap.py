@@ -183,7 +183,7 @@ def read_yaml(path: Path) -> tuple[Any, Located]:
         raise ConfigError(f"cannot read data map {path}: {exc.strerror}") from None
     try:
         node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path.name}:{mark.line + 1}" if mark else path.name
@@ -222,9 +222,7 @@ def expand_env(value: str, where: str, env: Mapping[str, str]) -> str:
 
 
 def _expand_options(options: Mapping[str, Any], where: str, env: Mapping[str, str]) -> dict:
-    return {
-        k: expand_env(v, where, env) if isinstance(v, str) else v for k, v in options.items()
-    }
+    return {k: expand_env(v, where, env) if isinstance(v, str) else v for k, v in options.items()}
 
 
 # --------------------------------------------------------------------------
@@ -257,7 +255,9 @@ def _model_at(loc: Path_) -> type[BaseModel] | None:
         origin = get_origin(annotation)
         if origin is Union or origin is None or str(origin) == "types.UnionType":
             pass
-        if origin in (dict, list) or any(get_origin(a) in (dict, list) for a in get_args(annotation)):
+        if origin in (dict, list) or any(
+            get_origin(a) in (dict, list) for a in get_args(annotation)
+        ):
             i += 1  # the dict key or list index
         current = _unwrap(annotation)
         i += 1
@@ -282,8 +282,11 @@ def _pydantic_error(exc: ValidationError, loc_of: Located) -> ConfigError:
         return ConfigError(f"required key '{loc[-1]}' is missing", where=where)
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return ConfigError(f"{err['msg'].lower()} (got {err.get('input')!r})", where=where,
-                           hint=f"use one of {expected}")
+        return ConfigError(
+            f"{err['msg'].lower()} (got {err.get('input')!r})",
+            where=where,
+            hint=f"use one of {expected}",
+        )
     return ConfigError(f"{err['msg']} (got {err.get('input')!r})", where=where)
 
 
@@ -396,7 +399,9 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
             hint="owner: COLUMN (or a path a -> T.b -> c), or reference: true for shared data",
         )
     if cfg.reference and owner_texts:
-        raise ConfigError("a reference dataset has no owner", where=loc.at("datasets", name, "owner"))
+        raise ConfigError(
+            "a reference dataset has no owner", where=loc.at("datasets", name, "owner")
+        )
     for s in cfg.stores or []:
         _check_name("store", s, stores, loc.at("datasets", name, "stores"))
     owners = tuple(
@@ -416,7 +421,9 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
     blobs = None
     if cfg.blobs is not None:
         if cfg.table is None:
-            raise ConfigError("blobs belong to a table dataset", where=loc.at("datasets", name, "blobs"))
+            raise ConfigError(
+                "blobs belong to a table dataset", where=loc.at("datasets", name, "blobs")
+            )
         for s in cfg.blobs.stores or []:
             _check_name("store", s, stores, loc.at("datasets", name, "blobs", "stores"))
             if stores[s].kind != "objects":
@@ -442,7 +449,9 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
     )
 
 
-def _jurisdiction(name: str, cfg: JurisdictionCfg, loc: Located, stores: Mapping[str, Store]) -> Jurisdiction:
+def _jurisdiction(
+    name: str, cfg: JurisdictionCfg, loc: Located, stores: Mapping[str, Store]
+) -> Jurisdiction:
     if name == UNRESTRICTED:
         raise ConfigError(
             f"'{UNRESTRICTED}' is reserved for subjects no jurisdiction names",
@@ -465,7 +474,9 @@ def _jurisdiction(name: str, cfg: JurisdictionCfg, loc: Located, stores: Mapping
             sel["country"] = normalize_country(sel["country"]) or sel["country"]  # type: ignore[index]
     homes = [cfg.home] if isinstance(cfg.home, str) else list(cfg.home)
     if not homes:
-        raise ConfigError("home must name at least one store", where=loc.at("jurisdictions", name, "home"))
+        raise ConfigError(
+            "home must name at least one store", where=loc.at("jurisdictions", name, "home")
+        )
     for h in homes:
         _check_name("store", h, stores, loc.at("jurisdictions", name, "home"))
         if not any(selector_matches(s, stores[h].labels) for s in allowed):
@@ -482,8 +493,11 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
     """Validate parsed YAML *data* and build the :class:`DataMap`."""
     env = os.environ if env is None else env
     if not isinstance(data, dict):
-        raise ConfigError("the data map must be a YAML mapping", where=loc.at(),
-                          hint="start with 'version: 1' and the sections stores, subjects, datasets")
+        raise ConfigError(
+            "the data map must be a YAML mapping",
+            where=loc.at(),
+            hint="start with 'version: 1' and the sections stores, subjects, datasets",
+        )
     try:
         cfg = MapCfg.model_validate(data)
     except ValidationError as exc:
@@ -505,7 +519,9 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
     sub = cfg.subjects
     _check_name("dataset", sub.dataset, datasets, loc.at("subjects", "dataset"))
     if datasets[sub.dataset].table is None:
-        raise ConfigError("the subjects directory must be a table dataset", where=loc.at("subjects", "dataset"))
+        raise ConfigError(
+            "the subjects directory must be a table dataset", where=loc.at("subjects", "dataset")
+        )
     waivers = []
     for i, e in enumerate(cfg.exceptions):
         _check_name("dataset", e.dataset, datasets, loc.at("exceptions", i, "dataset"))

@@ -100,7 +100,8 @@ class Fleet:
             for store in candidates:
                 if not store.has_table(ds.table):
                     raise PermanentConnectorError(
-                        f"dataset '{ds.name}': table '{ds.table}' does not exist in store {store.name}",
+                        f"dataset '{ds.name}': table '{ds.table}' does not exist "
+                        f"in store {store.name}",
                         where=where,
                         hint=f"create it there, or remove {store.name} from the dataset's stores:",
                     )
@@ -123,12 +124,15 @@ class Fleet:
             key = ds.key
             for col in key:
                 if col not in table.c:
-                    raise _missing_column(col, table, store.name, locate(m, "datasets", ds.name, "key"), "key")
+                    raise _missing_column(
+                        col, table, store.name, locate(m, "datasets", ds.name, "key"), "key"
+                    )
         else:
             key = tuple(c.name for c in table.primary_key.columns)
             if not key:
                 raise ConfigError(
-                    f"dataset '{ds.name}': table '{ds.table}' in store {store.name} has no primary key",
+                    f"dataset '{ds.name}': table '{ds.table}' in store {store.name} "
+                    "has no primary key",
                     where=locate(m, "datasets", ds.name),
                     hint="declare key: [column, ...] in the dataset",
                 )
@@ -143,24 +147,37 @@ class Fleet:
                         f"owner path '{owner.text}' goes through table '{hop.table}', "
                         f"which store {store.name} does not have",
                         where=owner_where,
-                        hint="fix the path, or narrow the dataset with stores: to stores that have it",
+                        hint="fix the path, or narrow the dataset's stores: to those that have it",
                     )
                 hop_table = store.table(hop.table)
                 for col in (hop.match, hop.read):
                     if col not in hop_table.c:
-                        raise _missing_column(col, hop_table, store.name, owner_where, "owner path column")
+                        raise _missing_column(
+                            col, hop_table, store.name, owner_where, "owner path column"
+                        )
         if ds.blobs and ds.blobs.column not in table.c:
-            raise _missing_column(ds.blobs.column, table, store.name,
-                                  locate(m, "datasets", ds.name, "blobs", "column"), "blob column")
+            raise _missing_column(
+                ds.blobs.column,
+                table,
+                store.name,
+                locate(m, "datasets", ds.name, "blobs", "column"),
+                "blob column",
+            )
         for w in m.exceptions:
             if w.dataset == ds.name:
                 for col in w.where:
                     if col not in table.c:
-                        raise _missing_column(col, table, store.name,
-                                              locate(m, "exceptions", w.index, "where"), "exception filter")
+                        raise _missing_column(
+                            col,
+                            table,
+                            store.name,
+                            locate(m, "exceptions", w.index, "where"),
+                            "exception filter",
+                        )
         if ds.name == m.subjects.dataset:
             for col, key_name in ((m.subjects.id, "id"), (m.subjects.country, "country")):
                 if col not in table.c:
-                    raise _missing_column(col, table, store.name,
-                                          locate(m, "subjects", key_name), "directory column")
+                    raise _missing_column(
+                        col, table, store.name, locate(m, "subjects", key_name), "directory column"
+                    )
         return Location(store, table, key)

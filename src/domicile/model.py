@@ -157,7 +157,9 @@ class DataMap:
     exceptions: tuple[Waiver, ...]
     on_conflict: Literal["fail", "keep-home", "overwrite"] = "fail"
     # key path -> line in the file, for messages raised after loading
-    lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
+    lines: Mapping[tuple[str | int, ...], int] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def base_dir(self) -> Path:

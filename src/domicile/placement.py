@@ -76,9 +76,9 @@ def _waiver_for(
     waivers: Iterable[Waiver], flags: frozenset[int], store: Store, juris: tuple[str, ...]
 ) -> Waiver | None:
     for w in waivers:
-        if w.index in flags and w.allows(store.labels):
-            if w.jurisdictions is None or all(j in w.jurisdictions for j in juris):
-                return w
+        covers = w.jurisdictions is None or all(j in w.jurisdictions for j in juris)
+        if w.index in flags and w.allows(store.labels) and covers:
+            return w
     return None
 
 

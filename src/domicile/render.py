@@ -29,9 +29,15 @@ def census_table(m: DataMap, census: Census, title: str = "Residency census") ->
     """One row per (jurisdiction, store): records, bytes, violating, excepted, conflicts."""
     table = Table(title=title, title_justify="left")
     for col, justify in (
-        ("jurisdiction", "left"), ("store", "left"), ("allowed", "center"),
-        ("records", "right"), ("bytes", "right"), ("violating", "right"),
-        ("excepted", "right"), ("conflicts", "right"), ("datasets violating", "left"),
+        ("jurisdiction", "left"),
+        ("store", "left"),
+        ("allowed", "center"),
+        ("records", "right"),
+        ("bytes", "right"),
+        ("violating", "right"),
+        ("excepted", "right"),
+        ("conflicts", "right"),
+        ("datasets violating", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
@@ -47,16 +53,26 @@ def census_table(m: DataMap, census: Census, title: str = "Residency census") ->
         if j == UNRESTRICTED:
             allowed = "any"
         else:
-            allowed = "yes" if store_allowed(m.jurisdictions[j], m.stores[s].labels) else "[red]no[/]"
+            allowed = (
+                "yes" if store_allowed(m.jurisdictions[j], m.stores[s].labels) else "[red]no[/]"
+            )
         table.add_row(
-            j, s, allowed, f"{r[0]:,}", human_bytes(r[1]),
+            j,
+            s,
+            allowed,
+            f"{r[0]:,}",
+            human_bytes(r[1]),
             f"[bold red]{r[2]:,}[/]" if r[2] else "0",
-            f"{r[3]:,}", f"{r[4]:,}", ", ".join(bad[(j, s)]),
+            f"{r[3]:,}",
+            f"{r[4]:,}",
+            ", ".join(bad[(j, s)]),
         )
     return table
 
 
-def print_census(console: Console, m: DataMap, census: Census, title: str = "Residency census") -> None:
+def print_census(
+    console: Console, m: DataMap, census: Census, title: str = "Residency census"
+) -> None:
     """The census table and the lines about what needs attention."""
     console.print(census_table(m, census, title))
     verdict = "[green]compliant[/]" if census.compliant else "[bold red]NOT compliant[/]"
@@ -67,8 +83,10 @@ def print_census(console: Console, m: DataMap, census: Census, title: str = "Res
     for (store, ds), n in sorted(census.orphans.items()):
         console.print(f"  orphans: {n:,} {ds} records in {store} have no known owner")
     for (store, ds), n in sorted(census.unknown_records.items()):
-        console.print(f"  unknown country: {n:,} {ds} records in {store} belong to subjects "
-                      "whose country cannot be read")
+        console.print(
+            f"  unknown country: {n:,} {ds} records in {store} belong to subjects "
+            "whose country cannot be read"
+        )
     if census.unknown_countries:
         values = ", ".join(f"{v!r} ({n:,})" for v, n in sorted(census.unknown_countries.items()))
         console.print(f"  country values that map to no country (subjects): {values}")

@@ -111,7 +111,8 @@ class Census:
             "conflicts": self.conflicts,
             "cells": [c.as_dict() for c in sorted(self.cells.values(), key=_cell_order)],
             "orphans": [
-                {"store": s, "dataset": d, "records": n} for (s, d), n in sorted(self.orphans.items())
+                {"store": s, "dataset": d, "records": n}
+                for (s, d), n in sorted(self.orphans.items())
             ],
             "unknown_country_records": [
                 {"store": s, "dataset": d, "records": n}
@@ -299,7 +300,7 @@ def _count_unknown_countries(fleet: Fleet, census: Census) -> None:
         with loc.store.connect("counting directory countries") as conn:
             for raw, n in conn.execute(q):
                 if normalize_country(raw) is None:
-                    census.unknown_countries[str(raw) if raw is not None else "(empty)"] += n
+                    census.unknown_countries[str(raw) if raw is not None else "(null)"] += n
 
 
 Progress = Callable[[str], None]

@@ -25,11 +25,19 @@ from domicile.errors import (
 from domicile.model import Store
 
 # Drivers domicile installs (extras postgres / mysql); bare dialect names get them.
-_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
-                    "mariadb": "mariadb+pymysql"}
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
 
-_AUTH_WORDS = ("password authentication failed", "access denied", "authentication failed",
-               "role \"", "no password supplied")
+_AUTH_WORDS = (
+    "password authentication failed",
+    "access denied",
+    "authentication failed",
+    'role "',
+    "no password supplied",
+)
 
 
 def _normalize_url(url: str) -> sa.URL:
@@ -62,10 +70,14 @@ def translate(store: Store, doing: str) -> Iterator[None]:
                 where=where,
                 hint="check the user and password in the store URL (use ${VAR} for secrets)",
             ) from exc
-        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
+        if (
+            isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+            or exc.connection_invalidated
+        ):
             if "does not exist" in lowered or "unknown database" in lowered:
                 raise PermanentConnectorError(
-                    f"{doing}: {detail}", where=where,
+                    f"{doing}: {detail}",
+                    where=where,
                     hint="create the database or fix its name in the store URL",
                 ) from exc
             raise TransientConnectorError(
