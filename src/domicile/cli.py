@@ -16,14 +16,22 @@ from rich.markup import escape
 
 from domicile.datamap import load_map
 from domicile.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_VIOLATIONS,
+    ConfigError,
     DomicileError,
     exit_code_for,
 )
 from domicile.fleet import Fleet
-from domicile.render import print_census
+from domicile.model import DataMap
+from domicile.plan import DEFAULT_BATCH_SIZE
+from domicile.render import RunProgress, print_census, print_plan, print_status
+from domicile.run.executor import RunOptions, RunResult, execute, plan_for
+from domicile.run.journal import Journal
 from domicile.scan import scan as run_scan
+from domicile.state import state_engine
 
 app = typer.Typer(
     name="domicile",
@@ -88,13 +96,139 @@ def scan(
     raise typer.Exit(EXIT_OK if census.compliant else EXIT_VIOLATIONS)
 
 
+JurisOpt = typer.Option(
+    None, "-j", "--jurisdiction", help="Limit to these jurisdictions (repeatable)."
+)
+
+
+def _journal(m: DataMap) -> Journal:
+    return Journal(state_engine(m.state, m.base_dir))
+
+
+@app.command()
+def plan(
+    config: Path = ConfigOpt,
+    jurisdiction: list[str] | None = JurisOpt,
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan as JSON."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1),
+) -> None:
+    """The moves that would bring every violating record home, in order."""
+    m = load_map(config)
+    with Fleet(m) as fleet:
+        _, the_plan = plan_for(fleet, jurisdiction, batch_size)
+    print_plan(_console(), m, the_plan)
+    if output is not None:
+        output.write_text(json.dumps(the_plan.to_json(), indent=2) + "\n")
+        _console().print(f"plan written to {output}")
+    if the_plan.blockers:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def run(
+    config: Path = ConfigOpt,
+    jurisdiction: list[str] | None = JurisOpt,
+    resume: str | None = typer.Option(None, "--resume", help="Resume this unfinished run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Sources moved in parallel."),
+    max_rows_per_second: float | None = typer.Option(
+        None, "--max-rows-per-second", min=1, help="Protect production stores: a rate cap."
+    ),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1),
+    max_passes: int = typer.Option(5, "--max-passes", min=1),
+) -> None:
+    """Bring it home: copy, verify, compare-and-delete; resumable; then verify by scan."""
+    m = load_map(config)
+    console = _console()
+    if dry_run:
+        with Fleet(m) as fleet:
+            _, the_plan = plan_for(fleet, jurisdiction, batch_size)
+        print_plan(console, m, the_plan)
+        console.print("dry run: nothing was changed")
+        raise typer.Exit(EXIT_BAD_INPUT if the_plan.blockers else EXIT_OK)
+    journal = _journal(m)
+    if resume is None:
+        unfinished = journal.unfinished()
+        if unfinished:
+            last = unfinished[-1]
+            if sys.stdin.isatty() and typer.confirm(
+                f"run {last.id} ({last.status}) did not finish; resume it?", default=True
+            ):
+                resume = last.id
+            elif not sys.stdin.isatty():
+                raise ConfigError(
+                    f"run {last.id} did not finish ({last.status})",
+                    hint=f"resume it: domicile run --resume {last.id}",
+                )
+    options = RunOptions(
+        scope=jurisdiction or (),
+        workers=workers,
+        batch_size=batch_size,
+        max_rows_per_second=max_rows_per_second,
+        max_passes=max_passes,
+    )
+    result = _execute(console, m, journal, options, resume)
+    print_census(console, m, result.after, title=f"Census after run {result.run_id}")
+    console.print(
+        f"run {result.run_id}: {result.status} in {result.seconds:.1f}s "
+        f"({', '.join(f'{k} {v:,}' for k, v in sorted(result.counts.items()))})"
+    )
+    for reason in result.reasons:
+        console.print(f"  incomplete: {reason}")
+    raise typer.Exit(EXIT_OK if result.status == "done" else EXIT_INCOMPLETE)
+
+
+def _execute(
+    console: Console, m: DataMap, journal: Journal, options: RunOptions, resume: str | None
+) -> RunResult:
+    with Fleet(m) as fleet:
+        before, the_plan = plan_for(fleet, options.scope or None, options.batch_size)
+    print_census(console, m, before, title="Census before")
+    print_plan(console, m, the_plan)
+    totals: dict[str, int] = {}
+    for mv in the_plan.moves:
+        totals[mv.dataset] = totals.get(mv.dataset, 0) + mv.records
+    with RunProgress(console, totals) as progress:
+        return execute(m, journal, options, resume=resume, progress=progress)
+
+
+@app.command()
+def status(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
+    """Where runs stand: every run, or one run's batches by dataset and state."""
+    m = load_map(config)
+    print_status(_console(), _journal(m), run_id)
+
+
+@app.command()
+def verify(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
+    """A fresh scan: exit 0 when no record of the run's jurisdictions is out of place."""
+    m = load_map(config)
+    journal = _journal(m)
+    scope: list[str] = list(m.jurisdictions)
+    if run_id is not None:
+        record = journal.run(run_id)
+        if record is None:
+            raise ConfigError(f"run '{run_id}' is not in the journal")
+        scope = list(record.scope)
+    with Fleet(m) as fleet:
+        census = run_scan(fleet)
+    console = _console()
+    print_census(console, m, census, title="Verification scan")
+    left = census.violations_in(scope)
+    console.print(
+        f"{'verified' if left == 0 else 'NOT verified'}: {left:,} violating records "
+        f"of {', '.join(scope)}"
+    )
+    raise typer.Exit(EXIT_OK if left == 0 else EXIT_VIOLATIONS)
+
+
 @app.command()
 def demo(
     directory: Path = typer.Option(Path("demo"), "--dir", help="Folder for the demo fleet."),
     users: int = typer.Option(3000, "--users", min=10, help="How many users the app has."),
     seed: int = typer.Option(2019, "--seed", help="Random seed (the fleet is deterministic)."),
 ) -> None:
-    """Build the embedded demo fleet of a short-video app and show its census."""
+    """Build the demo fleet of a short-video app, show its census, bring the data home."""
     from domicile.demo import build_demo
 
     console = _console()
@@ -102,10 +236,11 @@ def demo(
     path = build_demo(directory, users=users, seed=seed, progress=lambda s: console.print(f"  {s}"))
     console.print(f"data map written to {path}")
     m = load_map(path)
-    with Fleet(m) as fleet:
-        census = run_scan(fleet)
-    print_census(console, m, census, title="Census before")
-    console.print(f"next: domicile scan -c {path}")
+    result = _execute(console, m, _journal(m), RunOptions(workers=2), None)
+    print_census(console, m, result.after, title="Census after")
+    console.print(f"run {result.run_id}: {result.status} in {result.seconds:.1f}s")
+    console.print(f"next: domicile scan -c {path}   (or status, verify {result.run_id})")
+    raise typer.Exit(EXIT_OK if result.status == "done" else EXIT_INCOMPLETE)
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -101,6 +101,11 @@ class ExceptionCfg(_Strict):
         return value
 
 
+class AuditCfg(_Strict):
+    keys: str | None = None  # folder of the audit keys, relative to the map
+    origin: str | None = None  # the checkpoint origin line (a unique log name)
+
+
 class MapCfg(_Strict):
     version: Literal[1]
     state: str = DEFAULT_STATE
@@ -110,6 +115,7 @@ class MapCfg(_Strict):
     datasets: dict[str, DatasetCfg]
     exceptions: list[ExceptionCfg] = Field(default_factory=list)
     on_conflict: Literal["fail", "keep-home", "overwrite"] = "fail"
+    audit: AuditCfg = Field(default_factory=AuditCfg)
 
 
 # --------------------------------------------------------------------------
@@ -551,6 +557,8 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
         datasets=datasets,
         exceptions=tuple(waivers),
         on_conflict=cfg.on_conflict,
+        audit_keys=cfg.audit.keys,
+        audit_origin=cfg.audit.origin,
         lines=loc.lines,
     )
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from domicile.connectors.sql import SqlStore
 from domicile.datamap import locate
 from domicile.errors import ConfigError, DomicileError, PermanentConnectorError
-from domicile.model import DataMap, Dataset
+from domicile.model import DataMap, Dataset, ForeignKey
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ class Fleet:
             self._locations[name] = self._resolve(self.map.datasets[name])
         return self._locations[name]
 
+    def refresh(self, dataset: str) -> None:
+        """Forget where *dataset* lives (after its table was created in another store)."""
+        self._locations.pop(dataset, None)
+
     def location(self, dataset: str, store: str) -> Location | None:
         """The dataset's location in *store*, if it lives there."""
         for loc in self.locations(dataset):
@@ -105,6 +109,13 @@ class Fleet:
                         where=where,
                         hint=f"create it there, or remove {store.name} from the dataset's stores:",
                     )
+            # records moved home live there too, whatever the narrowing says
+            homes = {h for j in self.map.jurisdictions.values() for h in j.home}
+            candidates += [
+                s
+                for s in self.sql.values()
+                if s.name in homes and s not in candidates and s.has_table(ds.table)
+            ]
         else:
             candidates = [s for s in self.sql.values() if s.has_table(ds.table)]
         if not candidates:
@@ -181,3 +192,21 @@ class Fleet:
                         col, table, store.name, locate(m, "subjects", key_name), "directory column"
                     )
         return Location(store, table, key)
+
+    def foreign_keys(self) -> list[ForeignKey]:
+        """Every foreign key of every personal SQL dataset's table, per store."""
+        out: list[ForeignKey] = []
+        for ds in self.map.datasets.values():
+            if not ds.is_sql or ds.reference:
+                continue
+            for loc in self.locations(ds.name):
+                for fk in loc.table.foreign_key_constraints:
+                    out.append(
+                        ForeignKey(
+                            ds.name,
+                            loc.store.name,
+                            tuple(c.name for c in fk.columns),
+                            fk.referred_table.name,
+                        )
+                    )
+        return out

@@ -156,6 +156,8 @@ class DataMap:
     datasets: Mapping[str, Dataset]
     exceptions: tuple[Waiver, ...]
     on_conflict: Literal["fail", "keep-home", "overwrite"] = "fail"
+    audit_keys: str | None = None
+    audit_origin: str | None = None
     # key path -> line in the file, for messages raised after loading
     lines: Mapping[tuple[str | int, ...], int] = field(
         default_factory=dict, compare=False, repr=False
@@ -180,3 +182,13 @@ class DataMap:
     def object_stores(self) -> list[Store]:
         """The object stores, in map order."""
         return [s for s in self.stores.values() if s.kind == "objects"]
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key of a dataset's table, as reflected in one store."""
+
+    dataset: str
+    store: str
+    columns: tuple[str, ...]
+    referred_table: str

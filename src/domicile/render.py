@@ -7,12 +7,17 @@ tables come out as plain text.  Nothing here computes: it only shows.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from domicile.model import UNRESTRICTED, DataMap
 from domicile.placement import store_allowed
+from domicile.plan import Plan
+from domicile.run.journal import Journal
 from domicile.scan import Census
 
 
@@ -98,3 +103,177 @@ def print_census(
             f"  exception #{w.index} {w.dataset} {dict(w.where)}: {state}; {covers} "
             f"{use.records:,} records — {w.reason} (approved by {w.approved_by})"
         )
+
+
+class _RateColumn(ProgressColumn):
+    """Rows per second of a task."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:>9,.0f} rows/s" if speed else "")
+
+
+class RunProgress:
+    """Progress of a run: Rich bars per dataset on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, totals: dict[str, int], every: float = 2.0):
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.totals = totals
+        self.done: dict[tuple[str, str], int] = {}
+        self.every = every
+        self._time = time.monotonic
+        self._last = 0.0
+        self._start = self._time()
+        self.bars: Progress | None = None
+        self.tasks: dict[tuple[str, str], Any] = {}
+        if console.is_terminal:
+            self.bars = Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                _RateColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+
+    def __enter__(self) -> RunProgress:
+        if self.bars is not None:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+        else:
+            self._plain(force=True)
+
+    def __call__(self, event: str, dataset: str, rows: int) -> None:
+        key = (event, dataset)
+        self.done[key] = self.done.get(key, 0) + rows
+        if self.bars is not None:
+            if key not in self.tasks:
+                total = self.totals.get(dataset) or None
+                self.tasks[key] = self.bars.add_task(f"{event} {dataset}", total=total)
+            self.bars.update(self.tasks[key], advance=rows)
+        else:
+            self._plain()
+
+    def _plain(self, force: bool = False) -> None:
+        now = self._time()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = max(now - self._start, 1e-6)
+        parts = []
+        for (event, dataset), n in sorted(self.done.items()):
+            total = self.totals.get(dataset)
+            of = f"/{total:,}" if total else ""
+            parts.append(f"{event} {dataset} {n:,}{of}")
+        rate = sum(n for (e, _), n in self.done.items() if e == "copied") / elapsed
+        self.console.print(f"  [{elapsed:6.1f}s] " + "; ".join(parts) + f" ({rate:,.0f} rows/s)")
+
+
+def print_plan(console: Console, m: DataMap, plan: Plan) -> None:
+    """The moves, the order, blockers and the estimate."""
+    table = Table(
+        title=f"Plan for {', '.join(plan.scope) or 'no jurisdiction'}", title_justify="left"
+    )
+    for col, justify in (
+        ("dataset", "left"),
+        ("from", "left"),
+        ("to", "left"),
+        ("jurisdictions", "left"),
+        ("records", "right"),
+        ("bytes", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for mv in plan.moves:
+        table.add_row(
+            mv.dataset,
+            mv.source,
+            mv.target,
+            ", ".join(mv.jurisdictions),
+            f"{mv.records:,}",
+            human_bytes(mv.bytes),
+        )
+    console.print(table)
+    console.print(
+        f"{plan.records:,} records ({human_bytes(plan.bytes)}) in about {plan.batches:,} batches "
+        f"of {plan.batch_size:,}; estimate {plan.estimate_seconds:,.0f}s "
+        f"at {plan.rate:,.0f} rows/s"
+    )
+    if plan.copy_order:
+        console.print(
+            f"copy order: {' -> '.join(plan.copy_order)}; "
+            f"delete order: {' -> '.join(plan.delete_order)}"
+        )
+    if plan.references:
+        console.print(f"reference data copied where needed: {', '.join(plan.references)}")
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    for blocker in plan.blockers:
+        console.print(f"[bold red]blocker:[/] {blocker}")
+
+
+def print_status(console: Console, journal: Journal, run_id: str | None) -> None:
+    """Every run, or one run's batches by dataset, source and state."""
+    if run_id is None:
+        table = Table(title="Runs", title_justify="left")
+        for col in ("run", "status", "scope", "started", "finished", "batches"):
+            table.add_column(col)
+        for r in journal.runs():
+            n = len(journal.batches(r.id))
+            table.add_row(
+                r.id,
+                r.status,
+                ", ".join(r.scope),
+                f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                f"{r.finished_at:%Y-%m-%d %H:%M:%S}" if r.finished_at else "",
+                str(n),
+            )
+        console.print(table)
+        return
+    record = journal.run(run_id)
+    if record is None:
+        from domicile.errors import ConfigError
+
+        raise ConfigError(
+            f"run '{run_id}' is not in the journal", hint="domicile status lists the runs"
+        )
+    console.print(
+        f"run {record.id}: {record.status}; scope {', '.join(record.scope)}; "
+        f"started {record.started_at:%Y-%m-%d %H:%M:%S}"
+    )
+    table = Table(title="Batches", title_justify="left")
+    for col in ("dataset", "source", "state", "batches", "rows", "deleted", "changed", "vanished"):
+        table.add_column(col)
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    errors = []
+    for b in journal.batches(run_id):
+        g = groups[(b.dataset, b.source, b.state)]
+        g[0] += 1
+        g[1] += b.rows
+        g[2] += b.counts.get("deleted", 0)
+        g[3] += b.counts.get("changed", 0)
+        g[4] += b.counts.get("vanished", 0)
+        if b.error:
+            errors.append(f"batch {b.id} ({b.dataset} from {b.source}): {b.error}")
+    for (d, s, st), g in sorted(groups.items()):
+        table.add_row(d, s, st, *[f"{v:,}" for v in g])
+    console.print(table)
+    for e in errors:
+        console.print(f"  error: {e}")
+    if record.summary:
+        console.print(f"summary: {record.summary}")

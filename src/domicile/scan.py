@@ -177,16 +177,23 @@ def owner_expressions(
 
 
 @dataclass(frozen=True)
-class GroupQuery:
-    """A census query and how to read its columns."""
+class Annotated:
+    """The FROM clause and the owner/exception columns shared by census and run.
 
-    select: sa.Select[Any]
+    For owner k: ``_dm_c{k}`` the raw country from the local directory,
+    ``_dm_u{k}`` the owner id when the local directory does not know it,
+    ``_dm_f{k}`` 1 when it does.  For exception i: ``_dm_x{i}`` 1 when the
+    record matches its filter.
+    """
+
+    from_: sa.FromClause
+    columns: tuple[sa.ColumnElement[Any], ...]
     owners: int
     waivers: tuple[int, ...]
 
 
-def census_query(m: DataMap, loc: Location, ds: Dataset, directory: Location | None) -> GroupQuery:
-    """One grouped query for *ds* in *loc*'s store (see the module docstring)."""
+def annotate(m: DataMap, loc: Location, ds: Dataset, directory: Location | None) -> Annotated:
+    """Join each owner path (and the local directory) to *ds* in *loc*'s store."""
     from_, exprs = owner_expressions(loc, ds)
     cols: list[sa.ColumnElement[Any]] = []
     sub = m.subjects
@@ -200,32 +207,63 @@ def census_query(m: DataMap, loc: Location, ds: Dataset, directory: Location | N
     for k, expr in enumerate(exprs):
         if self_directory:
             cols += [
-                loc.table.c[sub.country].label(f"c{k}"),
-                sa.null().label(f"u{k}"),
-                _ONE.label(f"f{k}"),
+                loc.table.c[sub.country].label(f"_dm_c{k}"),
+                sa.null().label(f"_dm_u{k}"),
+                _ONE.label(f"_dm_f{k}"),
             ]
         elif directory is not None:
             d = directory.table.alias(f"d{k}")
             from_ = from_.outerjoin(d, d.c[sub.id] == expr)
             missing = d.c[sub.id].is_(None)
             cols += [
-                d.c[sub.country].label(f"c{k}"),
-                sa.case((missing, expr), else_=sa.null()).label(f"u{k}"),
-                sa.case((missing, _ZERO), else_=_ONE).label(f"f{k}"),
+                d.c[sub.country].label(f"_dm_c{k}"),
+                sa.case((missing, expr), else_=sa.null()).label(f"_dm_u{k}"),
+                sa.case((missing, _ZERO), else_=_ONE).label(f"_dm_f{k}"),
             ]
         else:
-            cols += [sa.null().label(f"c{k}"), expr.label(f"u{k}"), _ZERO.label(f"f{k}")]
+            cols += [
+                sa.null().label(f"_dm_c{k}"),
+                expr.label(f"_dm_u{k}"),
+                _ZERO.label(f"_dm_f{k}"),
+            ]
     waivers = tuple(w.index for w in m.exceptions if w.dataset == ds.name)
     for w in m.exceptions:
         if w.dataset == ds.name:
             cond = _where_clause(loc.table, w.where)
-            cols.append(sa.case((cond, _ONE), else_=_ZERO).label(f"x{w.index}"))
+            cols.append(sa.case((cond, _ONE), else_=_ZERO).label(f"_dm_x{w.index}"))
+    return Annotated(from_, tuple(cols), len(exprs), waivers)
+
+
+def census_query(m: DataMap, loc: Location, ds: Dataset, directory: Location | None) -> Annotated:
+    """One grouped query for *ds* in *loc*'s store (see the module docstring).
+
+    Returned as an :class:`Annotated` whose ``from_`` is the grouped select.
+    """
+    a = annotate(m, loc, ds, directory)
     # Group in an outer query over a derived table: expressions with bound
     # parameters (exception filters) cannot be repeated in GROUP BY on
     # PostgreSQL, and every engine flattens this shape into one scan.
-    inner = sa.select(*cols).select_from(from_).subquery("g")
-    select = sa.select(*inner.c, sa.func.count().label("n")).group_by(*inner.c)
-    return GroupQuery(select, len(exprs), waivers)
+    inner = sa.select(*a.columns).select_from(a.from_).subquery("g")
+    grouped = sa.select(*inner.c, sa.func.count().label("n")).group_by(*inner.c)
+    return Annotated(grouped.subquery("census"), a.columns, a.owners, a.waivers)
+
+
+def owner_countries(row: Mapping[Any, Any], owners: int, directory: Directory) -> list[str]:
+    """Each owner's alpha-2 country (or ORPHAN / UNKNOWN) from an annotated row."""
+    countries = []
+    for k in range(owners):
+        if row[f"_dm_f{k}"]:
+            countries.append(normalize_country(row[f"_dm_c{k}"]) or UNKNOWN)
+        elif row[f"_dm_u{k}"] is not None:
+            countries.append(directory.country(row[f"_dm_u{k}"]))
+        else:
+            countries.append(ORPHAN)
+    return countries
+
+
+def matched_waivers(row: Mapping[Any, Any], waivers: Iterable[int]) -> frozenset[int]:
+    """Indexes of the exceptions whose filter an annotated row matches."""
+    return frozenset(i for i in waivers if row[f"_dm_x{i}"])
 
 
 def _row_bytes(row: Sequence[Any]) -> int:
@@ -257,7 +295,7 @@ def average_record_bytes(loc: Location) -> float:
 # Running the census.
 
 
-class _Directory:
+class Directory:
     """Resolves subject ids to raw country values across every directory store."""
 
     def __init__(self, fleet: Fleet):
@@ -318,7 +356,7 @@ def scan(
     census = Census(today=today)
     uses = {w.index: WaiverUse(w, w.active(today)) for w in m.exceptions}
     census.waivers = list(uses.values())
-    directory = _Directory(fleet)
+    directory = Directory(fleet)
     names = list(datasets) if datasets is not None else list(m.datasets)
     for name in names:
         ds = m.datasets[name]
@@ -335,7 +373,7 @@ def scan(
 def _scan_location(
     fleet: Fleet,
     census: Census,
-    directory: _Directory,
+    directory: Directory,
     uses: dict[int, WaiverUse],
     ds: Dataset,
     loc: Location,
@@ -346,20 +384,13 @@ def _scan_location(
     local_dir = fleet.location(m.subjects.dataset, loc.store.name)
     gq = census_query(m, loc, ds, local_dir)
     with loc.store.connect(f"counting {ds.name}") as conn:
-        groups = conn.execute(gq.select).mappings().all()
-    directory.resolve(g[f"u{k}"] for g in groups for k in range(gq.owners))
+        groups = conn.execute(sa.select(gq.from_)).mappings().all()
+    directory.resolve(g[f"_dm_u{k}"] for g in groups for k in range(gq.owners))
     avg = average_record_bytes(loc) if groups else 0.0
     verdicts: dict[tuple[Any, ...], Verdict] = {}
     for g in groups:
-        countries = []
-        for k in range(gq.owners):
-            if g[f"f{k}"]:
-                countries.append(normalize_country(g[f"c{k}"]) or UNKNOWN)
-            elif g[f"u{k}"] is not None:
-                countries.append(directory.country(g[f"u{k}"]))
-            else:
-                countries.append(ORPHAN)
-        flags = frozenset(i for i in gq.waivers if g[f"x{i}"])
+        countries = owner_countries(g, gq.owners, directory)
+        flags = matched_waivers(g, gq.waivers)
         key = (*countries, flags)
         if key not in verdicts:
             verdicts[key] = classify(m, store, ds, countries, flags, today)

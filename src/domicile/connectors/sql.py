@@ -128,8 +128,19 @@ class SqlStore:
                     where=f"store {self.name}",
                     hint="fix the path in the store URL (relative paths start at the map's folder)",
                 )
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            # isolation_level=None hands transaction control to the "begin" hook
+            # below, which can take the write lock up front (BEGIN IMMEDIATE)
+            kwargs["connect_args"] = {
+                "timeout": 30,
+                "check_same_thread": False,
+                "isolation_level": None,
+            }
             engine = sa.create_engine(self.url, **kwargs)
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn: sa.Connection) -> None:
+                mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+                conn.exec_driver_sql(f"BEGIN {mode}")
 
             @sa.event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -202,3 +213,16 @@ class SqlStore:
         """A transaction with errors translated."""
         with translate(self.store, doing), self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def begin_write(self, doing: str) -> Iterator[sa.Connection]:
+        """A write transaction that reads what it will change under a write lock.
+
+        SQLite takes the database write lock at BEGIN (IMMEDIATE), so that what
+        the transaction reads cannot change before it writes; PostgreSQL and
+        MySQL lock the rows the caller reads with SELECT ... FOR UPDATE.
+        """
+        with translate(self.store, doing), self.engine.connect() as raw:
+            conn = raw.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn

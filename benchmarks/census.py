@@ -1,0 +1,626 @@
+"""Census benchmark: ``domicile scan`` against the raw engine floor, same run, same data.
+
+Builds a two-store fleet of one engine (a big ``legacy`` store in Singapore and
+a small ``home`` store at the US custodian) with about 100k users and at least
+``--rows`` rows in the big tables (videos, likes, order lines), then times
+
+* the census: :func:`domicile.scan.scan` over the whole fleet, and
+* the floor: one hand-written grouped SQL query per (store, table) that gives
+  the same per-country counts (the least work any census could do),
+
+each as the best of 3 runs after one warm-up, checks that both count the same
+records per (store, dataset), and prints the ratio.  Not a test: nothing here
+asserts on wall-clock time.
+
+    python benchmarks/census.py [--rows 1000000] [--backend sqlite|postgresql|both]
+                                [--profile]
+
+PostgreSQL comes from ``DOMICILE_TEST_POSTGRES`` (default: the local server);
+the benchmark makes its own databases there and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+
+from domicile.datamap import load_map
+from domicile.fleet import Fleet
+from domicile.scan import Census, census_query, scan
+
+TODAY = dt.date(2025, 6, 1)
+USERS = 100_000
+HOME_EVERY = 50  # users whose id is a multiple of this live only in the home directory (2%)
+ORPHAN_PER_MILLE = 1  # owner ids past the last user: deleted accounts (0.1%)
+HOME_SHARE = 0.05  # share of every big table that already sits in the home store
+# Split of --rows over the big tables; orders add another tenth of --rows.
+SPLIT = {"videos": 0.25, "likes": 0.45, "lines": 0.30}
+RUNS = 3
+POSTGRES = os.environ.get(
+    "DOMICILE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+# Countries as a grown app stores them: one slot per 1/40 of the users.
+COUNTRIES: list[str | None] = [
+    *["US"] * 5,
+    *["usa"] * 3,
+    *["United States"] * 3,
+    *["us"] * 2,
+    "U.S.A.",
+    *["CA"] * 2,
+    *["Canada"] * 2,
+    "canada",
+    *["BR"] * 2,
+    "Brazil",
+    "brasil",  # not a name pycountry knows: an unknown country
+    *["SG"] * 3,
+    "Singapore",
+    "Germany",
+    "DE",
+    "UK",
+    "GB",
+    "India",
+    "IN",
+    "MX",
+    "Mexico",
+    "Atlantis",
+    "",
+    "n/a",
+    None,
+    None,
+]
+assert len(COUNTRIES) == 40
+
+
+def say(message: str) -> None:
+    """A progress line, flushed at once."""
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The schema, as an app would have it.
+
+
+def metadata() -> sa.MetaData:
+    """The tables (the owner/foreign-key indexes are built after the load: INDEXES)."""
+    md = sa.MetaData()
+    sa.Table(
+        "users",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(60)),
+        sa.Column("email", sa.String(80)),
+        sa.Column("country", sa.String(40)),
+        sa.Column("signup_day", sa.Integer),
+    )
+    sa.Table(
+        "videos",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("user_id", sa.BigInteger),
+        sa.Column("title", sa.String(120)),
+        sa.Column("media_key", sa.String(120)),
+        sa.Column("visibility", sa.String(10)),
+        sa.Column("duration_s", sa.Integer),
+    )
+    sa.Table(
+        "likes",
+        md,
+        sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("video_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("at_day", sa.Integer),
+    )
+    sa.Table(
+        "orders",
+        md,
+        sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("user_id", sa.BigInteger),
+        sa.Column("total_cents", sa.Integer),
+        sa.Column("currency", sa.String(3)),
+    )
+    sa.Table(
+        "lines",
+        md,
+        sa.Column("line_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("order_id", sa.BigInteger),
+        sa.Column("sku", sa.String(20)),
+        sa.Column("qty", sa.Integer),
+        sa.Column("amount_cents", sa.Integer),
+    )
+    return md
+
+
+# likes(user_id) is served by its primary key (user_id, video_id).
+INDEXES = [
+    "CREATE INDEX ix_videos_user_id ON videos (user_id)",
+    "CREATE INDEX ix_likes_video_id ON likes (video_id)",
+    "CREATE INDEX ix_orders_user_id ON orders (user_id)",
+    "CREATE INDEX ix_lines_order_id ON lines (order_id)",
+]
+
+
+# ---------------------------------------------------------------------------
+# Data, generated inside the engine: INSERT ... SELECT over a series 1..n.
+
+
+def series(dialect: str, n: int) -> str:
+    """A FROM item with one bigint column ``x`` running 1..n."""
+    if dialect == "sqlite":
+        return (
+            "(WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s "
+            f"WHERE x < {n}) SELECT x FROM s) AS s"
+        )
+    return f"(SELECT generate_series(1, {n})::bigint AS x) AS s"
+
+
+def mix(salt: int) -> str:
+    """A cheap deterministic scramble of x (Knuth's multiplicative hash), non-negative."""
+    return f"((x * 2654435761 + {salt}) % 4294967296)"
+
+
+def sql_literal(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def country_case(slot: str) -> str:
+    whens = " ".join(f"WHEN {i} THEN {sql_literal(c)}" for i, c in enumerate(COUNTRIES))
+    return f"CASE {slot} {whens} END"
+
+
+def legacy_owner(salt: int) -> str:
+    """Any user, home-only ones (2%) and deleted ones (0.1%) included."""
+    span = USERS + USERS * ORPHAN_PER_MILLE // 1000
+    return f"({mix(salt)} % {span} + 1)"
+
+
+def home_owner(k: str, cross: str) -> str:
+    """A home user (id a multiple of HOME_EVERY); when *cross*, a legacy-only neighbour."""
+    return f"(({k}) + 1) * {HOME_EVERY} - CASE WHEN {cross} THEN 1 ELSE 0 END"
+
+
+@dataclass
+class Sizes:
+    """Row counts per store and table."""
+
+    legacy: dict[str, int] = field(default_factory=dict)
+    home: dict[str, int] = field(default_factory=dict)
+
+    def big_rows(self) -> int:
+        return sum(self.legacy[t] + self.home[t] for t in SPLIT)
+
+
+def sizes(rows: int) -> Sizes:
+    s = Sizes()
+    wanted = {**{t: round(rows * f) for t, f in SPLIT.items()}, "orders": rows // 10}
+    for table, n in wanted.items():
+        s.home[table] = round(n * HOME_SHARE)
+        s.legacy[table] = n - s.home[table]
+    s.legacy["users"] = USERS - USERS // HOME_EVERY
+    s.home["users"] = USERS // HOME_EVERY
+    return s
+
+
+def legacy_inserts(dialect: str, n: dict[str, int]) -> list[tuple[str, str]]:
+    """(table, INSERT ... SELECT) for the legacy store."""
+    span = USERS + USERS * ORPHAN_PER_MILLE // 1000
+    orders_span = n["orders"] + n["orders"] * ORPHAN_PER_MILLE // 1000
+    # Users 1..USERS except the multiples of HOME_EVERY, which live at home.
+    user_id = f"(x + (x - 1) / {HOME_EVERY - 1})"
+    return [
+        (
+            "users",
+            "INSERT INTO users (id, name, email, country, signup_day) "
+            f"SELECT {user_id}, 'user ' || x, 'u' || x || '@example.com', "
+            f"{country_case(f'{mix(7)} % 40')}, x % 3650 "
+            f"FROM {series(dialect, n['users'])}",
+        ),
+        (
+            "videos",
+            "INSERT INTO videos (id, user_id, title, media_key, visibility, duration_s) "
+            f"SELECT x, {legacy_owner(11)}, 'Video number ' || x, "
+            "'media/' || (x % 997) || '/' || x || '.mp4', "
+            "CASE WHEN x % 10 < 3 THEN 'public' WHEN x % 10 = 3 THEN 'unlisted' "
+            "ELSE 'private' END, x % 600 "
+            f"FROM {series(dialect, n['videos'])}",
+        ),
+        (
+            # (x mod span, x div span) is unique per x: the composite key holds.
+            "likes",
+            "INSERT INTO likes (user_id, video_id, at_day) "
+            f"SELECT x % {span} + 1, x / {span} + 1, x % 3650 "
+            f"FROM {series(dialect, n['likes'])}",
+        ),
+        (
+            "orders",
+            "INSERT INTO orders (order_id, user_id, total_cents, currency) "
+            f"SELECT x, {legacy_owner(13)}, x % 50000, 'SGD' "
+            f"FROM {series(dialect, n['orders'])}",
+        ),
+        (
+            # 0.1% of the lines point past the last order: orphans.
+            "lines",
+            "INSERT INTO lines (line_id, order_id, sku, qty, amount_cents) "
+            f"SELECT x, {mix(17)} % {orders_span} + 1, 'SKU-' || (x % 5000), "
+            "x % 5 + 1, x % 20000 "
+            f"FROM {series(dialect, n['lines'])}",
+        ),
+    ]
+
+
+HOME_BASE = 50_000_000  # ids of rows created in the home store
+
+
+def home_inserts(dialect: str, n: dict[str, int]) -> list[tuple[str, str]]:
+    """(table, INSERT ... SELECT) for the home store: home users, 2% legacy-only owners."""
+    homes = USERS // HOME_EVERY
+    # US spellings, every tenth home user Canadian.
+    home_country = "CASE WHEN x % 10 = 0 THEN 'Canada' ELSE CASE x % 4 " + (
+        "WHEN 0 THEN 'US' WHEN 1 THEN 'usa' WHEN 2 THEN 'United States' ELSE 'us' END END"
+    )
+    cross = f"{mix(19)} % 50 = 0"
+    return [
+        (
+            "users",
+            "INSERT INTO users (id, name, email, country, signup_day) "
+            f"SELECT x * {HOME_EVERY}, 'user ' || (x * {HOME_EVERY}), "
+            f"'u' || (x * {HOME_EVERY}) || '@example.com', {home_country}, x % 3650 "
+            f"FROM {series(dialect, n['users'])}",
+        ),
+        (
+            "videos",
+            "INSERT INTO videos (id, user_id, title, media_key, visibility, duration_s) "
+            f"SELECT {HOME_BASE} + x, {home_owner(f'{mix(23)} % {homes}', cross)}, "
+            "'Video number ' || x, 'media/' || (x % 997) || '/' || x || '.mp4', "
+            "CASE WHEN x % 10 < 3 THEN 'public' ELSE 'private' END, x % 600 "
+            f"FROM {series(dialect, n['videos'])}",
+        ),
+        (
+            # k = x mod homes picks the user (and whether it crosses), x div homes the
+            # video: unique pairs.
+            "likes",
+            "INSERT INTO likes (user_id, video_id, at_day) "
+            f"SELECT {home_owner(f'x % {homes}', f'x % {homes} % 50 = 7')}, "
+            f"{HOME_BASE} + x / {homes} + 1, x % 3650 "
+            f"FROM {series(dialect, n['likes'])}",
+        ),
+        (
+            "orders",
+            "INSERT INTO orders (order_id, user_id, total_cents, currency) "
+            f"SELECT {HOME_BASE} + x, {home_owner(f'{mix(29)} % {homes}', cross)}, "
+            "x % 50000, 'USD' "
+            f"FROM {series(dialect, n['orders'])}",
+        ),
+        (
+            "lines",
+            "INSERT INTO lines (line_id, order_id, sku, qty, amount_cents) "
+            f"SELECT {HOME_BASE} + x, {HOME_BASE} + {mix(31)} % {n['orders']} + 1, "
+            "'SKU-' || (x % 5000), x % 5 + 1, x % 20000 "
+            f"FROM {series(dialect, n['lines'])}",
+        ),
+    ]
+
+
+def load_store(url: str, inserts: list[tuple[str, str]], label: str) -> None:
+    """Create the schema, load the rows, then index and analyze as an app would."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        metadata().create_all(engine)
+        for table, sql in inserts:
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                if engine.dialect.name == "sqlite":
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    conn.exec_driver_sql("PRAGMA synchronous=OFF")
+                    conn.exec_driver_sql("BEGIN")
+                    conn.execute(sa.text(sql))
+                    conn.exec_driver_sql("COMMIT")
+                else:
+                    conn.execute(sa.text(sql))
+                count = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            say(f"  {label}: {table:<7} {count:>9,} rows  {time.perf_counter() - started:5.1f}s")
+        started = time.perf_counter()
+        with engine.connect() as conn:
+            for index in INDEXES:
+                conn.exec_driver_sql(index)
+            conn.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name != "sqlite" else "ANALYZE")
+        say(f"  {label}: indexes + analyze         {time.perf_counter() - started:5.1f}s")
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------------------
+# The fleet: databases, data map.
+
+
+@contextmanager
+def databases(backend: str, workdir: Path) -> Iterator[dict[str, str]]:
+    """URLs of two fresh, empty databases (legacy, home); dropped afterwards."""
+    if backend == "sqlite":
+        urls = {}
+        for name in ("legacy", "home"):
+            path = workdir / f"{name}.db"
+            sa.create_engine(f"sqlite:///{path}").connect().close()
+            urls[name] = f"sqlite:///{path}"
+        yield urls
+        return
+    server = sa.make_url(POSTGRES)
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    tag = uuid.uuid4().hex[:10]
+    names = {s: f"domicile_bench_{tag}_{s}" for s in ("legacy", "home")}
+    try:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.exec_driver_sql(f'CREATE DATABASE "{db}"')
+        yield {
+            s: server.set(database=db).render_as_string(hide_password=False)
+            for s, db in names.items()
+        }
+    finally:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.dispose()
+        say(f"  dropped databases {', '.join(names.values())}")
+
+
+def data_map(urls: dict[str, str], workdir: Path) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "state": f"sqlite:///{workdir / 'state.db'}",
+        "stores": {
+            "legacy": {
+                "url": urls["legacy"],
+                "labels": {"country": "SG", "region": "ap-southeast-1", "operator": "legacy"},
+            },
+            "home": {
+                "url": urls["home"],
+                "labels": {"country": "US", "region": "us-south-1", "operator": "custodian"},
+            },
+        },
+        "subjects": {"dataset": "users", "id": "id", "country": "country"},
+        "jurisdictions": {
+            "US": {
+                "countries": ["US"],
+                "allowed": {"country": "US", "operator": "custodian"},
+                "home": ["home"],
+            },
+            # Canada lets the US custodian hold its users' data too.
+            "CA": {
+                "countries": ["CA"],
+                "allowed": [{"country": "CA"}, {"country": "US", "operator": "custodian"}],
+                "home": ["home"],
+            },
+        },
+        "datasets": {
+            "users": {"table": "users", "key": ["id"], "owner": "id"},
+            "videos": {"table": "videos", "key": ["id"], "owner": "user_id"},
+            "likes": {"table": "likes", "key": ["user_id", "video_id"], "owner": "user_id"},
+            "orders": {"table": "orders", "key": ["order_id"], "owner": "user_id"},
+            "lines": {
+                "table": "lines",
+                "key": ["line_id"],
+                "owner": "order_id -> orders.order_id -> user_id",
+            },
+        },
+        "exceptions": [
+            {
+                "dataset": "videos",
+                "where": {"visibility": "public"},
+                "allowed": "any",
+                "reason": "Public videos are served worldwide by the CDN",
+                "approved_by": "Chief Privacy Officer",
+                "expires": dt.date(2099, 6, 30),
+            }
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------
+# The floor: hand-written grouped SQL, one query per (store, table).
+
+FLOOR: dict[str, str] = {
+    "users": "SELECT country, count(*) FROM users GROUP BY country",
+    "videos": (
+        "SELECT d.country, CASE WHEN t.visibility = 'public' THEN 1 ELSE 0 END, count(*) "
+        "FROM videos t LEFT JOIN users d ON d.id = t.user_id GROUP BY 1, 2"
+    ),
+    "likes": (
+        "SELECT d.country, count(*) FROM likes t LEFT JOIN users d ON d.id = t.user_id "
+        "GROUP BY d.country"
+    ),
+    "orders": (
+        "SELECT d.country, count(*) FROM orders t LEFT JOIN users d ON d.id = t.user_id "
+        "GROUP BY d.country"
+    ),
+    "lines": (
+        "SELECT d.country, count(*) FROM lines t "
+        "LEFT JOIN orders o ON o.order_id = t.order_id "
+        "LEFT JOIN users d ON d.id = o.user_id GROUP BY d.country"
+    ),
+}
+
+Counts = dict[tuple[str, str], int]
+
+
+def floor(fleet: Fleet) -> Counts:
+    """Run every floor query on the fleet's own engines; records per (store, dataset)."""
+    out: Counts = {}
+    for store_name, store in fleet.sql.items():
+        with store.engine.connect() as conn:
+            for dataset, sql in FLOOR.items():
+                rows = conn.exec_driver_sql(sql).all()
+                out[(store_name, dataset)] = sum(int(r[-1]) for r in rows)
+    return out
+
+
+def census_totals(census: Census) -> Counts:
+    """Records per (store, dataset): placed in a cell, orphaned, or of unknown country."""
+    out: Counts = defaultdict(int)
+    for (_j, store, dataset), cell in census.cells.items():
+        out[(store, dataset)] += cell.records  # one owner per record: no double counting
+    for key, n in census.orphans.items():
+        out[key] += n
+    for key, n in census.unknown_records.items():
+        out[key] += n
+    return dict(out)
+
+
+def census_queries_only(fleet: Fleet) -> None:
+    """Only the grouped census queries, fetched; no sampling, resolution or rules."""
+    m = fleet.map
+    for name in m.datasets:
+        ds = m.datasets[name]
+        for loc in fleet.locations(name):
+            gq = census_query(m, loc, ds, fleet.location(m.subjects.dataset, loc.store.name))
+            with loc.store.connect("bench") as conn:
+                conn.execute(gq.select).all()
+
+
+def best_of(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """One warm-up, then the best wall time of RUNS runs, and the last result."""
+    result = fn()
+    best = float("inf")
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+@dataclass
+class Result:
+    engine: str
+    rows: int
+    big_rows: int
+    census_s: float
+    floor_s: float
+    queries_s: float
+    cold_s: float
+    mismatches: list[str]
+    summary: str
+
+
+def bench(backend: str, rows: int, profile: bool) -> Result:
+    n = sizes(rows)
+    with tempfile.TemporaryDirectory(prefix="domicile_bench_") as tmp:
+        workdir = Path(tmp)
+        with databases(backend, workdir) as urls:
+            dialect = "sqlite" if backend == "sqlite" else "postgresql"
+            say(f"[{backend}] building the fleet in {workdir}")
+            load_store(urls["legacy"], legacy_inserts(dialect, n.legacy), "legacy")
+            load_store(urls["home"], home_inserts(dialect, n.home), "home")
+            path = workdir / "domicile.yaml"
+            path.write_text(yaml.safe_dump(data_map(urls, workdir), sort_keys=False))
+            fleet = Fleet(load_map(path))
+            try:
+                say(f"[{backend}] census (cold: reflection on first use)")
+                started = time.perf_counter()
+                scan(fleet, today=TODAY)
+                cold = time.perf_counter() - started
+                say(f"[{backend}] census: warm-up + best of {RUNS}")
+                census_s, census = best_of(lambda: scan(fleet, today=TODAY))
+                say(f"[{backend}] floor: warm-up + best of {RUNS}")
+                floor_s, floor_counts = best_of(lambda: floor(fleet))
+                say(f"[{backend}] census queries alone: warm-up + best of {RUNS}")
+                queries_s, _ = best_of(lambda: census_queries_only(fleet))
+                if profile:
+                    profiled = cProfile.Profile()
+                    profiled.runcall(scan, fleet, today=TODAY)
+                    text = io.StringIO()
+                    pstats.Stats(profiled, stream=text).sort_stats("cumulative").print_stats(25)
+                    say(f"[{backend}] cProfile of one census, by cumulative time:")
+                    say(text.getvalue())
+            finally:
+                fleet.close()
+    got = census_totals(census)
+    mismatches = [
+        f"MISMATCH {backend} {store}/{dataset}: census {got.get((store, dataset), 0):,} "
+        f"!= floor {want:,}"
+        for (store, dataset), want in sorted(floor_counts.items())
+        if got.get((store, dataset), 0) != want
+    ]
+    mismatches += [
+        f"MISMATCH {backend} {store}/{dataset}: census {have:,}, not in the floor"
+        for (store, dataset), have in sorted(got.items())
+        if (store, dataset) not in floor_counts
+    ]
+    summary = (
+        f"violations {census.violations:,}, unresolved {census.unresolved:,} "
+        f"(orphans {sum(census.orphans.values()):,}), excepted "
+        f"{sum(c.excepted for c in census.cells.values()):,}"
+    )
+    return Result(
+        backend,
+        sum(floor_counts.values()),
+        n.big_rows(),
+        census_s,
+        floor_s,
+        queries_s,
+        cold,
+        mismatches,
+        summary,
+    )
+
+
+def report(results: list[Result]) -> None:
+    head = (
+        f"{'engine':<11}{'rows':>11}{'census s':>10}{'floor s':>9}{'ratio':>7}"
+        f"{'rows/s':>12}   {'queries s':>9}{'cold s':>8}"
+    )
+    say("")
+    say(head)
+    say("-" * len(head))
+    for r in results:
+        say(
+            f"{r.engine:<11}{r.rows:>11,}{r.census_s:>10.2f}{r.floor_s:>9.2f}"
+            f"{r.census_s / r.floor_s:>6.2f}x{r.rows / r.census_s:>12,.0f}"
+            f"   {r.queries_s:>9.2f}{r.cold_s:>8.2f}"
+        )
+    say("")
+    say("rows: every record counted (all datasets, both stores); big tables: ")
+    for r in results:
+        say(f"  {r.engine}: {r.big_rows:,} in videos + likes + lines; {r.summary}")
+    say(
+        "census/floor: best of 3 after a warm-up; queries s: the census's own grouped "
+        "queries run bare; cold s: first census, reflection included.  Aim: ratio <= 1.3x."
+    )
+    problems = [m for r in results for m in r.mismatches]
+    for m in problems:
+        say(m)
+    if not problems:
+        say("counts: census and floor agree for every (store, dataset).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the big tables")
+    parser.add_argument(
+        "--backend", choices=["sqlite", "postgresql", "both"], default="both", help="engines"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile one census per engine")
+    args = parser.parse_args(argv)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    results = [bench(b, args.rows, args.profile) for b in backends]
+    report(results)
+    return 1 if any(r.mismatches for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

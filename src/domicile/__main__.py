@@ -1,0 +1,7 @@
+"""``python -m domicile``: the command line."""
+
+from __future__ import annotations
+
+from domicile.cli import main
+
+main()

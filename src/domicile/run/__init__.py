@@ -1,0 +1,1 @@
+"""Running a plan: the journal, the move steps, retries and the executor."""

@@ -1,0 +1,471 @@
+"""One dataset out of one source store, batch by batch: copy → verify → compare-and-delete.
+
+Every step writes its state to the journal before the side effect that
+follows it, so that a process killed anywhere resumes without losing or
+duplicating a record:
+
+- **copy**: the batch's rows and their content digests are journalled
+  (``copying``), then upserted at each home in one transaction per home;
+  the batch digest is journalled (``copied``).
+- **verify**: the rows are read back at home and their digests compared
+  (``verified``).  A mismatch stops the batch; nothing is deleted.
+- **compare-and-delete**: in one source transaction holding the rows' locks,
+  rows whose current digest still equals the copied one are deleted.  The
+  rows that changed since the copy, and those the application deleted, are
+  journalled (``deleting``) before the delete commits, so a resume knows
+  which missing rows were domicile's own deletes.  Rows the application
+  deleted are removed from home too (only if home still holds exactly what
+  domicile copied), so a deleted record never comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from domicile.errors import ConflictError, PermanentConnectorError, VerificationError
+from domicile.fleet import Location
+from domicile.model import Dataset
+from domicile.placement import classify, home_store, targets
+from domicile.run.journal import BatchRecord, BatchRow
+from domicile.run.references import copy_references
+from domicile.run.rows import (
+    digest_hex,
+    key_after,
+    key_columns,
+    key_in,
+    key_of,
+    normalize_key,
+    select_by_keys,
+    shared_columns,
+)
+from domicile.scan import annotate, matched_waivers, owner_countries
+
+if TYPE_CHECKING:
+    from domicile.run.executor import RunContext
+
+ACTIVE = (None, "kept-home")  # row statuses that still move
+
+
+@dataclass
+class Candidate:
+    """A source row that must move, with the homes it goes to."""
+
+    key: tuple[Any, ...]
+    values: dict[str, Any]
+    digest: str
+    targets: tuple[str, ...]
+
+
+@dataclass
+class Page:
+    """Moving rows read from one key range of the source."""
+
+    rows: list[Candidate] = field(default_factory=list)
+    lo: tuple[Any, ...] | None = None
+    hi: tuple[Any, ...] | None = None
+    read: int = 0
+    exhausted: bool = False
+
+
+def batch_digest(row_digests: Sequence[str]) -> str:
+    """Fingerprint of a batch: SHA-256 over its sorted row digests."""
+    h = hashlib.sha256()
+    for d in sorted(row_digests):
+        h.update(bytes.fromhex(d))
+    return h.hexdigest()
+
+
+class Mover:
+    """Moves one dataset's violating rows out of one source store."""
+
+    def __init__(self, ctx: RunContext, dataset: Dataset, source: Location):
+        self.ctx = ctx
+        self.ds = dataset
+        self.source = source
+        self.key = source.key
+        m = ctx.map
+        self.store = m.stores[source.store.name]
+        local_dir = ctx.fleet.location(m.subjects.dataset, source.store.name)
+        self.annotated = annotate(m, source, dataset, local_dir)
+
+    # -- reading ---------------------------------------------------------------
+
+    def read(self, after: tuple[Any, ...] | None, want: int) -> Page:
+        """Read pages after *after* until *want* moving rows or the end."""
+        page = Page(lo=after)
+        table = self.source.table
+        cols = [*table.columns, *self.annotated.columns]
+        names = [c.name for c in table.columns]
+        page_size = max(want, 500)
+        while len(page.rows) < want:
+            q = sa.select(*cols).select_from(self.annotated.from_)
+            if after is not None:
+                q = q.where(key_after(table, self.key, after))
+            q = q.order_by(*key_columns(table, self.key)).limit(page_size)
+            with self.source.store.connect(f"reading {self.ds.name}") as conn:
+                rows = conn.execute(q).mappings().all()
+            page.read += len(rows)
+            if not rows:
+                page.exhausted = True
+                break
+            self.ctx.directory.resolve(
+                r[f"_dm_u{k}"] for r in rows for k in range(self.annotated.owners)
+            )
+            for r in rows:
+                homes = self._targets(r)
+                if homes:
+                    values = {n: r[n] for n in names}
+                    page.rows.append(
+                        Candidate(
+                            key_of(values, self.key),
+                            values,
+                            digest_hex(values, table.columns),
+                            homes,
+                        )
+                    )
+            after = tuple(rows[-1][k] for k in self.key)
+            page.hi = after
+            if len(rows) < page_size:
+                page.exhausted = True
+                break
+        return page
+
+    def _targets(self, row: Any) -> tuple[str, ...]:
+        m = self.ctx.map
+        countries = owner_countries(row, self.annotated.owners, self.ctx.directory)
+        flags = matched_waivers(row, self.annotated.waivers)
+        verdict = classify(m, self.store, self.ds, countries, flags, self.ctx.today)
+        if verdict.status != "violating":
+            return ()
+        if not set(verdict.jurisdictions) & set(self.ctx.scope):
+            return ()
+        if self.ds.multi_owner == "each":
+            # one copy at the home of each owner whose jurisdiction this run covers
+            homes = [
+                home_store(m, m.jurisdictions[j], self.ds)
+                for j in verdict.jurisdictions
+                if j in self.ctx.scope
+            ]
+            return tuple(dict.fromkeys(homes))
+        return tuple(targets(m, self.ds, verdict))
+
+    # -- steps by batch id (the journal's current state is read each time) -----------
+
+    def copy_batch(
+        self, batch_id: int, values: dict[tuple[Any, ...], dict[str, Any]] | None
+    ) -> None:
+        """:meth:`copy` for the batch as the journal holds it now."""
+        self.copy(self.ctx.journal.batch(batch_id), values)
+
+    def verify_batch(self, batch_id: int) -> None:
+        """:meth:`verify` for the batch as the journal holds it now."""
+        self.verify(self.ctx.journal.batch(batch_id))
+
+    def delete_batch(self, batch_id: int) -> int:
+        """:meth:`delete` for the batch as the journal holds it now."""
+        return self.delete(self.ctx.journal.batch(batch_id))
+
+    # -- copy ------------------------------------------------------------------
+
+    def copy(
+        self, batch: BatchRecord, values: dict[tuple[Any, ...], dict[str, Any]] | None
+    ) -> None:
+        """Upsert the batch's rows at each home; journal ``copied``.
+
+        *values* are the rows as read when the batch was formed; on a resume
+        they are read again, and rows that changed or vanished since the
+        batch was journalled are dropped from it (and any copy of them that
+        reached home is removed, if home still holds exactly that copy).
+        """
+        journal = self.ctx.journal
+        rows = [r for r in journal.rows(batch.id) if r.status in ACTIVE]
+        if values is None:
+            values = self._reread(batch, rows)
+            live = {r.key for r in rows if r.key in values}
+            rows = [r for r in rows if r.key in live]
+        counts = {"copied": 0, "already": 0, "refreshed": 0, "kept_home": 0, "deferred": 0}
+        for target in sorted({t for r in rows for t in r.targets}):
+            part = [r for r in rows if target in r.targets]
+            result = self._copy_to(batch, target, part, values)
+            for k, v in result.items():
+                counts[k] = counts.get(k, 0) + v
+        self.ctx.journal.transition(
+            batch.id, "copied", digest=batch_digest([r.digest for r in rows]), counts=counts
+        )
+        self.ctx.emit(
+            "batch.copied",
+            batch,
+            rows=[r.digest for r in rows],
+            count=len(rows),
+        )
+
+    def _reread(
+        self, batch: BatchRecord, rows: list[BatchRow]
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        table = self.source.table
+        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        with self.source.store.connect(f"re-reading {self.ds.name}") as conn:
+            current = select_by_keys(conn, table, self.key, keys)
+        keep: dict[tuple[Any, ...], dict[str, Any]] = {}
+        dropped: list[BatchRow] = []
+        for r, k in zip(rows, keys, strict=True):
+            now = current.get(k)
+            if now is not None and digest_hex(now, table.columns) == r.digest:
+                keep[r.key] = now
+            else:
+                dropped.append(r)
+        if dropped:
+            self._remove_own_copies(dropped)
+            self.ctx.journal.set_row_status(batch.id, [r.key for r in dropped], "dropped")
+        return keep
+
+    def _copy_to(
+        self,
+        batch: BatchRecord,
+        target: str,
+        rows: list[BatchRow],
+        values: dict[tuple[Any, ...], dict[str, Any]],
+    ) -> dict[str, int]:
+        home = self.ctx.target(self.ds, target, self.source)
+        try:
+            return self._upsert(batch, home, rows, values, per_row=False)
+        except sa.exc.IntegrityError:
+            # A parent the rows point to is not at home yet (the application
+            # added it after the parent's batch): copy row by row, defer the rest.
+            return self._upsert(batch, home, rows, values, per_row=True)
+        except PermanentConnectorError as exc:
+            if isinstance(exc.__cause__, sa.exc.IntegrityError):
+                return self._upsert(batch, home, rows, values, per_row=True)
+            raise
+
+    def _upsert(
+        self,
+        batch: BatchRecord,
+        home: Location,
+        rows: list[BatchRow],
+        values: dict[tuple[Any, ...], dict[str, Any]],
+        per_row: bool,
+    ) -> dict[str, int]:
+        table = home.table
+        cols = shared_columns(self.source.table, table)
+        names = [c.name for c in cols]
+        counts = {"copied": 0, "already": 0, "refreshed": 0, "kept_home": 0, "deferred": 0}
+        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        by_key = dict(zip(keys, rows, strict=True))
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        kept: list[BatchRow] = []
+        conflicts: list[tuple[Any, ...]] = []
+        with home.store.begin_write(f"copying {self.ds.name} to {home.store.name}") as conn:
+            existing = select_by_keys(conn, table, self.key, keys, for_update=True)
+            for k, r in by_key.items():
+                row_values = {n: values[r.key][n] for n in names}
+                if k not in existing:
+                    inserts.append(row_values)
+                    continue
+                at_home = digest_hex(existing[k], cols)
+                if at_home == r.digest:
+                    counts["already"] += 1
+                elif self.ctx.journal.copied_before(self.ds.name, home.store.name, r.key, at_home):
+                    updates.append(row_values)  # domicile's own stale copy
+                elif self.ctx.map.on_conflict == "overwrite":
+                    updates.append(row_values)
+                elif self.ctx.map.on_conflict == "keep-home":
+                    kept.append(r)
+                else:
+                    conflicts.append(r.key)
+            if conflicts:
+                shown = ", ".join(str(list(k)) for k in conflicts[:5])
+                raise ConflictError(
+                    f"{len(conflicts)} {self.ds.name} records already at home in "
+                    f"{home.store.name} with different content (keys {shown}"
+                    f"{' ...' if len(conflicts) > 5 else ''}); nothing was overwritten or deleted",
+                    where=f"batch {batch.id} ({self.ds.name} from {self.source.store.name})",
+                    hint="compare both versions; set on_conflict: keep-home or overwrite in "
+                    "the map to decide, then resume the run",
+                )
+            all_rows = [values[r.key] for r in rows]
+            copy_references(self.ctx, self.source, home, conn, all_rows)
+            deferred = self._write(conn, table, inserts, updates, per_row)
+            counts["copied"] = len(inserts) - len(deferred)
+            counts["refreshed"] = len(updates)
+            counts["kept_home"] = len(kept)
+            counts["deferred"] = len(deferred)
+        if kept:
+            self.ctx.journal.set_row_status(batch.id, [r.key for r in kept], "kept-home")
+        if deferred:
+            deferred_keys = {key_of(v, self.key) for v in deferred}
+            self.ctx.journal.set_row_status(
+                batch.id, [r.key for k, r in by_key.items() if k in deferred_keys], "deferred"
+            )
+        return counts
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        inserts: list[dict[str, Any]],
+        updates: list[dict[str, Any]],
+        per_row: bool,
+    ) -> list[dict[str, Any]]:
+        """Insert and update; with *per_row*, each insert in a savepoint. Returns deferred rows."""
+        deferred: list[dict[str, Any]] = []
+        if inserts and not per_row:
+            conn.execute(table.insert(), inserts)
+        elif inserts:
+            for row in inserts:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(table.insert(), [row])
+                except sa.exc.IntegrityError:
+                    deferred.append(row)
+        if updates:
+            keycols = key_columns(table, self.key)
+            stmt = (
+                table.update()
+                .where(*[c == sa.bindparam(f"_k_{c.name}") for c in keycols])
+                .values({n: sa.bindparam(n) for n in updates[0] if n not in self.key})
+            )
+            params = [{**u, **{f"_k_{k}": u[k] for k in self.key}} for u in updates]
+            conn.execute(stmt, params)
+        return deferred
+
+    # -- verify ----------------------------------------------------------------
+
+    def verify(self, batch: BatchRecord) -> None:
+        """Read the rows back at each home and compare digests; journal ``verified``."""
+        rows = [r for r in self.ctx.journal.rows(batch.id) if r.status in ACTIVE]
+        for target in sorted({t for r in rows for t in r.targets}):
+            home = self.ctx.target(self.ds, target, self.source)
+            part = [r for r in rows if target in r.targets]
+            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            with home.store.connect(f"verifying {self.ds.name} at {target}") as conn:
+                found = select_by_keys(conn, home.table, self.key, keys)
+            cols = shared_columns(self.source.table, home.table)
+            bad = []
+            for k, r in zip(keys, part, strict=True):
+                if k not in found:
+                    bad.append((r.key, "missing"))
+                elif r.status is None and digest_hex(found[k], cols) != r.digest:
+                    bad.append((r.key, "different content"))
+            if bad:
+                detail = ", ".join(f"{list(k)} {why}" for k, why in bad[:5])
+                raise VerificationError(
+                    f"{len(bad)} {self.ds.name} records do not match at {target}: {detail}",
+                    where=f"batch {batch.id}",
+                    hint="nothing was deleted at the source; find what changed the home rows, "
+                    "then resume the run (the batch is copied again)",
+                )
+        self.ctx.journal.transition(batch.id, "verified")
+        self.ctx.emit("batch.verified", batch, count=len(rows))
+
+    # -- compare-and-delete ---------------------------------------------------------
+
+    def delete(self, batch: BatchRecord) -> int:
+        """Compare-and-delete at the source; journal ``deleting`` then ``done``."""
+        journal = self.ctx.journal
+        rows = journal.rows(batch.id)
+        moving = [r for r in rows if r.status in ACTIVE]
+        known_vanished = {r.key for r in rows if r.status == "vanished"}
+        table = self.source.table
+        keys = [normalize_key(table, self.key, r.key) for r in moving]
+        resumed = batch.state == "deleting"
+        with self.source.store.begin_write(f"deleting moved {self.ds.name}") as conn:
+            current = select_by_keys(conn, table, self.key, keys, for_update=True)
+            deletable, changed, vanished = [], [], []
+            for k, r in zip(keys, moving, strict=True):
+                now = current.get(k)
+                if now is None:
+                    vanished.append(r)
+                elif digest_hex(now, table.columns) == r.digest:
+                    deletable.append(k)
+                else:
+                    changed.append(r)
+            # On a resume, rows missing now that were not journalled as vanished
+            # were deleted by domicile's own earlier, committed transaction.
+            ours = [r for r in vanished if resumed and r.key not in known_vanished]
+            vanished = [r for r in vanished if r not in ours]
+            new_vanished = [r for r in vanished if r.key not in known_vanished]
+            if new_vanished:
+                journal.set_row_status(batch.id, [r.key for r in new_vanished], "vanished")
+            if changed:
+                journal.set_row_status(batch.id, [r.key for r in changed], "changed")
+            if not resumed:
+                journal.transition(batch.id, "deleting")
+            pinned = self._delete_rows(conn, deletable)
+        if pinned:
+            journal.set_row_status(
+                batch.id,
+                [r.key for k, r in zip(keys, moving, strict=True) if k in pinned],
+                "pinned",
+            )
+        all_vanished = [r for r in rows if r.status == "vanished"] + new_vanished
+        self._remove_own_copies(all_vanished)
+        deleted = len(deletable) - len(pinned) + len(ours)
+        counts = {
+            "deleted": deleted,
+            "pinned": len(pinned),
+            "changed": len(changed),
+            "vanished": len(all_vanished),
+        }
+        journal.transition(batch.id, "done", counts=counts)
+        self.ctx.emit(
+            "batch.deleted",
+            batch,
+            count=deleted,
+            changed=len(changed),
+            vanished=len(all_vanished),
+            rows=[r.digest for r in moving if r.key not in {v.key for v in changed}],
+        )
+        return deleted
+
+    def _delete_rows(
+        self, conn: sa.Connection, keys: list[tuple[Any, ...]]
+    ) -> set[tuple[Any, ...]]:
+        """Delete rows by key; returns the keys that foreign keys of other rows pin.
+
+        A parent row that rows staying in the source still reference (a public
+        video kept abroad by an exception points to its owner) cannot be
+        deleted there; it stays, is reported, and the run ends incomplete.
+        """
+        table = self.source.table
+        try:
+            with conn.begin_nested():
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    conn.execute(table.delete().where(key_in(table, self.key, chunk)))
+            return set()
+        except sa.exc.IntegrityError:
+            pass
+        pinned: set[tuple[Any, ...]] = set()
+        for k in keys:
+            try:
+                with conn.begin_nested():
+                    conn.execute(table.delete().where(key_in(table, self.key, [k])))
+            except sa.exc.IntegrityError:
+                pinned.add(k)
+        return pinned
+
+    def _remove_own_copies(self, rows: list[BatchRow]) -> None:
+        """Delete home rows that still hold exactly what domicile copied there."""
+        for target in sorted({t for r in rows for t in r.targets}):
+            home = self.ctx.existing_target(self.ds, target)
+            if home is None:
+                continue
+            part = [r for r in rows if target in r.targets]
+            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            cols = shared_columns(self.source.table, home.table)
+            with home.store.begin_write(f"removing {self.ds.name} copies at {target}") as conn:
+                found = select_by_keys(conn, home.table, self.key, keys, for_update=True)
+                gone = [
+                    k
+                    for k, r in zip(keys, part, strict=True)
+                    if k in found and digest_hex(found[k], cols) == r.digest
+                ]
+                if gone:
+                    conn.execute(home.table.delete().where(key_in(home.table, self.key, gone)))
