@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import random
 import socket
 import time
@@ -426,9 +427,29 @@ def test_bad_keys_are_refused(tmp_path: Path, key: str) -> None:
         check_key(key)
 
 
-def test_temporary_files_are_not_listed(tmp_path: Path) -> None:
+def test_temporary_files_and_links_are_not_objects(tmp_path: Path) -> None:
     store = make_store("file", tmp_path, None)
     Path(store.root, TMP_MARK + "left-by-a-crash").write_bytes(b"half")
-    os.symlink("/etc/hostname", Path(store.root, "link"))
     put(store, "real.bin", b"1")
+    os.symlink(Path(store.root, "real.bin"), Path(store.root, "link"))
     assert keys(store) == ["real.bin"]
+    assert store.stat("link") is None
+    with pytest.raises(PermanentConnectorError, match="no such object"):
+        store.open_read("link")
+    assert not store.delete_if_unchanged("link", store.stat("real.bin").version)  # type: ignore[union-attr]
+    assert Path(store.root, "link").is_symlink()
+
+
+def test_a_store_pickles_without_its_clients(object_store_factory: StoreFactory) -> None:
+    store = object_store_factory()
+    put(store, "k", b"v")
+    clone = pickle.loads(pickle.dumps(store))  # as a process pool ships it to a worker
+    assert read(clone, "k") == b"v" and clone.root_url == store.root_url
+
+
+def test_listing_spans_pages(object_store_factory: StoreFactory) -> None:
+    store = object_store_factory()
+    names = [f"p/{i:04d}" for i in range(1005)]  # S3 pages hold 1000 keys
+    for name in names:
+        put(store, name, b"")
+    assert sorted(keys(store, "p/")) == names

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from domicile.audit.cli import audit_app, keys_app
 from domicile.datamap import load_map
 from domicile.errors import (
     EXIT_BAD_INPUT,
@@ -28,6 +29,7 @@ from domicile.fleet import Fleet
 from domicile.model import DataMap
 from domicile.plan import DEFAULT_BATCH_SIZE
 from domicile.render import RunProgress, print_census, print_plan, print_status
+from domicile.run.audit_events import RunAudit
 from domicile.run.executor import RunOptions, RunResult, execute, plan_for
 from domicile.run.journal import Journal
 from domicile.scan import scan as run_scan
@@ -40,6 +42,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 ConfigOpt = typer.Option(Path("domicile.yaml"), "-c", "--config", help="The data map.")
 
@@ -136,6 +140,9 @@ def run(
     ),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1),
     max_passes: int = typer.Option(5, "--max-passes", min=1),
+    retries: int = typer.Option(
+        5, "--retries", min=1, help="Attempts at a step when a store fails transiently."
+    ),
 ) -> None:
     """Bring it home: copy, verify, compare-and-delete; resumable; then verify by scan."""
     m = load_map(config)
@@ -166,6 +173,7 @@ def run(
         batch_size=batch_size,
         max_rows_per_second=max_rows_per_second,
         max_passes=max_passes,
+        retries=retries,
     )
     result = _execute(console, m, journal, options, resume)
     print_census(console, m, result.after, title=f"Census after run {result.run_id}")
@@ -188,8 +196,15 @@ def _execute(
     totals: dict[str, int] = {}
     for mv in the_plan.moves:
         totals[mv.dataset] = totals.get(mv.dataset, 0) + mv.records
+    audit = RunAudit(m, journal.engine)
     with RunProgress(console, totals) as progress:
-        return execute(m, journal, options, resume=resume, progress=progress)
+        result = execute(m, journal, options, resume=resume, audit=audit, progress=progress)
+    if audit.created_keys:
+        console.print(
+            f"audit keys created in {audit.keys_dir} (keep audit.key secret; "
+            "share audit.pub with auditors)"
+        )
+    return result
 
 
 @app.command()

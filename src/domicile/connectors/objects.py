@@ -162,6 +162,10 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore({self.name!r}, {self.root_url!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Clients hold an event loop and sockets: a worker process makes its own.
+        return {**self.__dict__, "_clients": {}}
+
     def _bad(self, message: str, hint: str | None = None) -> PermanentConnectorError:
         return PermanentConnectorError(message, where=self.name, hint=hint)
 
@@ -269,7 +273,7 @@ class ObjectStore:
         the backend's (UTF-8 byte order locally and on AWS, folder by folder
         on SeaweedFS: ``a/1`` before ``a-b``); sort when it matters.  S3
         folder markers (keys ending in ``/``), domicile's temporary files and
-        local symbolic links are not objects.
+        local symbolic links are not objects (stat and open_read agree).
         """
         regex = _glob_regex(pattern) if pattern else None
         start = prefix
@@ -314,7 +318,7 @@ class ObjectStore:
         with self._guard("stat", key):
             try:
                 if self.scheme == "file":
-                    return _local_info(key, os.stat(full))
+                    return _local_info(key, os.lstat(full))
                 head = self._fs().call_s3("head_object", Bucket=self.bucket, Key=full)
             except (FileNotFoundError, NotADirectoryError):
                 return None
@@ -335,7 +339,8 @@ class ObjectStore:
         full = self._full(key)
         with self._guard("reading", key):
             if self.scheme == "file":
-                raw: io.RawIOBase = io.FileIO(full, "rb")
+                # O_NOFOLLOW: a symbolic link is no object (list and stat skip them too).
+                raw: io.RawIOBase = io.FileIO(os.open(full, os.O_RDONLY | os.O_NOFOLLOW), "rb")
                 try:
                     info = _local_info(key, os.fstat(raw.fileno()))
                 except OSError:
@@ -677,6 +682,7 @@ def _translate(
         return TransientConnectorError(f"{what}: {message}", where=store.name, hint=hint)
 
     missing = isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
+    missing = missing or getattr(exc, "errno", None) == errno.ELOOP  # a symbolic link
     if store.scheme == "file":
         if not isinstance(exc, OSError):
             return None

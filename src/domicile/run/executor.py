@@ -26,6 +26,7 @@ from domicile.errors import ConfigError, DomicileError, RunIncomplete
 from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
 from domicile.plan import Plan, build_plan, order_datasets
+from domicile.run.audit_events import RunAudit
 from domicile.run.batch import Mover
 from domicile.run.journal import BatchRecord, BatchRow, Journal
 from domicile.run.retry import Retry, Throttle
@@ -62,8 +63,10 @@ class RunResult:
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    checkpoint: str | None = None
+
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary stored in the journal and shown by status."""
+        """JSON-ready summary stored in the journal (read by status and report)."""
         return {
             "status": self.status,
             "counts": self.counts,
@@ -71,6 +74,10 @@ class RunResult:
             "seconds": round(self.seconds, 2),
             "violations_before": self.before.violations_in(self.plan.scope),
             "violations_after": self.after.violations_in(self.plan.scope),
+            "plan": self.plan.to_json(),
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+            "checkpoint": self.checkpoint,
         }
 
 
@@ -334,7 +341,7 @@ def execute(
     journal: Journal,
     options: RunOptions,
     resume: str | None = None,
-    events: EventSink | None = None,
+    audit: RunAudit | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
     """Run (or resume) a move; returns how it ended (``done`` or ``incomplete``)."""
@@ -356,7 +363,7 @@ def execute(
                 "the plan cannot run: " + "; ".join(plan.blockers),
                 hint="nothing was moved; fix the map and run again",
             )
-        ctx = RunContext(m, fleet, journal, "", plan, options, events, progress)
+        ctx = RunContext(m, fleet, journal, "", plan, options, audit, progress)
         _preflight(ctx)  # refuse a missing column or create home tables before any run starts
         if resume is not None:
             run_id = resume
@@ -364,8 +371,8 @@ def execute(
         else:
             run_id = journal.new_run(plan.scope, map_digest(m), plan.to_json())
         ctx.run_id = run_id
-        if events:
-            events(
+        if audit is not None:
+            audit(
                 {
                     "type": "run.resumed" if resume else "run.started",
                     "run": run_id,
@@ -398,8 +405,7 @@ def execute(
             result = RunResult(
                 run_id, status, plan, before, after, ctx.counts, reasons, time.monotonic() - started
             )
-            journal.finish_run(run_id, status, result.summary())
-            _finish_event(events, result)
+            _finish(journal, audit, result)
             raise RunIncomplete(
                 f"run {run_id} stopped: {exc.message}",
                 where=exc.where,
@@ -413,12 +419,17 @@ def execute(
                     reasons.append(
                         f"{c.violating} {c.dataset} records of {c.jurisdiction} remain in {c.store}"
                     )
+        pinned = sum(b.counts.get("pinned", 0) for b in journal.batches(run_id))
+        if pinned:
+            reasons.append(
+                f"{pinned} records are home but could not be deleted at their source: rows that "
+                "stay there (under an exception) reference them by foreign key"
+            )
         status = "done" if left == 0 else "incomplete"
         result = RunResult(
             run_id, status, plan, before, after, ctx.counts, reasons, time.monotonic() - started
         )
-        journal.finish_run(run_id, status, result.summary())
-        _finish_event(events, result)
+        _finish(journal, audit, result)
         return result
 
 
@@ -440,14 +451,18 @@ def _exception_json(w: Any) -> dict[str, Any]:
     }
 
 
-def _finish_event(events: EventSink | None, result: RunResult) -> None:
-    if events:
-        events(
+def _finish(journal: Journal, audit: RunAudit | None, result: RunResult) -> None:
+    """Log the end, sign a checkpoint, and record the summary in the journal."""
+    if audit is not None:
+        audit(
             {
                 "type": "run.finished",
                 "run": result.run_id,
                 "status": result.status,
+                "violations_before": result.before.violations_in(result.plan.scope),
                 "violations_after": result.after.violations_in(result.plan.scope),
                 "counts": result.counts,
             }
         )
+        result.checkpoint = audit.checkpoint()
+    journal.finish_run(result.run_id, result.status, result.summary())

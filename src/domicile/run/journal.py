@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ ALLOWED: dict[str, frozenset[str]] = {
 CRASH_ENV = "DOMICILE_TEST_CRASH_AT"
 """Test-only: ``state[:n]`` kills the process (SIGKILL) right after the n-th
 journal write of that state (``dataset-done`` fires between datasets)."""
+
+PAUSE_ENV = "DOMICILE_TEST_PAUSE_AT"
+"""Test-only: ``state:n:seconds`` sleeps after the n-th write of that state, so a
+test can take a store away while a run is between two steps."""
 
 md = sa.MetaData()
 runs = sa.Table(
@@ -392,12 +397,15 @@ class Journal:
         self._maybe_crash(event)
 
     def _maybe_crash(self, state: str) -> None:
-        spec = os.environ.get(CRASH_ENV)
-        if not spec:
+        crash, pause = os.environ.get(CRASH_ENV), os.environ.get(PAUSE_ENV)
+        if not crash and not pause:
             return
-        name, _, nth = spec.partition(":")
-        if name != state:
-            return
-        self._crash_counts[state] = self._crash_counts.get(state, 0) + 1
-        if self._crash_counts[state] >= int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._crash_counts[state] = count = self._crash_counts.get(state, 0) + 1
+        if crash:
+            name, _, nth = crash.partition(":")
+            if name == state and count >= int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+        if pause:
+            name, nth, seconds = (pause.split(":") + ["1", "1"])[:3]
+            if name == state and count == int(nth):
+                time.sleep(float(seconds))
