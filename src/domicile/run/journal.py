@@ -406,6 +406,6 @@ class Journal:
             if name == state and count >= int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)
         if pause:
-            name, nth, seconds = (pause.split(":") + ["1", "1"])[:3]
+            name, nth, seconds = [*pause.split(":"), "1", "1"][:3]
             if name == state and count == int(nth):
                 time.sleep(float(seconds))
