@@ -279,6 +279,7 @@ class StoreFactory:
     _make_root: Callable[[], str]
     options: dict[str, Any]
     _count: Iterator[int] = field(default_factory=itertools.count)
+    _shared: ObjectStore | None = None
 
     def url(self) -> str:
         """A fresh, empty root URL (a new folder or a new bucket)."""
@@ -292,6 +293,12 @@ class StoreFactory:
             if self.kind == "file":
                 Path(url.removeprefix("file://")).mkdir(parents=True)
         return ObjectStore(name or f"{self.kind}-{next(self._count)}", url, self.options)
+
+    def shared(self) -> ObjectStore:
+        """One store for the whole test, e.g. for Hypothesis examples that clean up after them."""
+        if self._shared is None:
+            self._shared = self()
+        return self._shared
 
 
 @pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])

@@ -323,7 +323,7 @@ _key = st.lists(_segment, min_size=1, max_size=4).map("/".join)
 )
 @given(key=_key, data=st.binary(max_size=64))
 def test_any_key_round_trips(object_store_factory: StoreFactory, key: str, data: bytes) -> None:
-    store = _shared_store(object_store_factory)
+    store = object_store_factory.shared()
     assert check_key(key) == key
     put(store, key, data)
     [info] = store.list()
@@ -332,13 +332,6 @@ def test_any_key_round_trips(object_store_factory: StoreFactory, key: str, data:
     assert store.key_for(store.url_for(key)) == key
     assert store.delete_if_unchanged(key, info.version)
     assert keys(store) == []
-
-
-_stores: dict[int, ObjectStore] = {}
-
-
-def _shared_store(factory: StoreFactory) -> ObjectStore:
-    return _stores.setdefault(id(factory), factory())
 
 
 # -- bad input -----------------------------------------------------------------------

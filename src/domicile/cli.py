@@ -254,8 +254,37 @@ def demo(
     result = _execute(console, m, _journal(m), RunOptions(workers=2), None)
     print_census(console, m, result.after, title="Census after")
     console.print(f"run {result.run_id}: {result.status} in {result.seconds:.1f}s")
-    console.print(f"next: domicile scan -c {path}   (or status, verify {result.run_id})")
+    from domicile.report import report_data, write_report
+
+    journal = _journal(m)
+    report_path = write_report(
+        path.parent / "report.html", report_data(m, journal, journal.engine, result.run_id)
+    )
+    console.print(f"report written to {report_path}")
+    console.print(
+        f"next: domicile verify {result.run_id} -c {path}   (or status, audit verify, report)"
+    )
     raise typer.Exit(EXIT_OK if result.status == "done" else EXIT_INCOMPLETE)
+
+
+@app.command()
+def report(
+    run_id: str | None = typer.Argument(None, help="The run (default: the latest)."),
+    config: Path = ConfigOpt,
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's data as JSON."),
+) -> None:
+    """The residency report of a run: one self-contained HTML file an auditor can read."""
+    from domicile.report import report_data, write_report
+
+    m = load_map(config)
+    journal = _journal(m)
+    data = report_data(m, journal, journal.engine, run_id)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    path = write_report(output, data)
+    _console().print(f"report written to {path}")
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -68,6 +68,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.schema import sort_tables
+from sqlalchemy.sql.elements import False_, True_
 
 from domicile.errors import PermanentConnectorError
 
@@ -315,13 +316,26 @@ _PG_CAST = re.compile(r"^(.*?)::[\w\s\"\[\]\.()]+$", re.S)
 def portable_default(
     column: sa.Column[Any], new_type: sa.types.TypeEngine[Any], target: str
 ) -> Any:
-    """The server default to give the copied column, or None to drop it."""
+    """The server default to give the copied column, or None to drop it.
+
+    A plain string default (a table defined in Python) is a literal value;
+    a reflected default is SQL text, kept only when it is a literal.
+    """
     default = column.server_default
     if not isinstance(default, sa.DefaultClause):
         return None
+    if isinstance(new_type, sa.JSON | sa.types._Binary):
+        return None
+    if target == "mysql" and isinstance(new_type, sa.Text):
+        return None
     arg = default.arg
-    text = arg if isinstance(arg, str) else str(getattr(arg, "text", ""))
-    text = text.strip()
+    if isinstance(arg, str):
+        return None if isinstance(new_type, sa.Boolean) else arg
+    if isinstance(arg, True_ | False_):
+        return arg if isinstance(new_type, sa.Boolean) else None
+    if not isinstance(arg, sa.TextClause):
+        return None  # a function or expression
+    text = arg.text.strip()
     while True:  # PostgreSQL writes 'x'::character varying, (0)::numeric
         match = _PG_CAST.match(text)
         if not match:
@@ -329,10 +343,6 @@ def portable_default(
         text = match.group(1).strip()
     while text.startswith("(") and text.endswith(")"):
         text = text[1:-1].strip()
-    if target == "mysql" and isinstance(new_type, sa.Text | sa.types._Binary | sa.JSON):
-        return None
-    if isinstance(new_type, sa.JSON | sa.types._Binary):
-        return None
     if isinstance(new_type, sa.Boolean):
         lowered = text.strip("'").lower()
         if lowered in ("true", "1"):
