@@ -22,12 +22,16 @@ flat).  Not a test: nothing here asserts on wall-clock time.
 
     python benchmarks/move.py [--rows 1000000 [100000 ...]] [--users 50000]
                               [--backend sqlite|postgresql|both]
-                              [--batch-size 2000] [--workers 1] [--profile]
+                              [--batch-size 2000] [--workers 1]
+                              [--profile cprofile|py-spy] [--py-spy PATH]
 
-``--profile`` runs the child under cProfile and prints where the time went
-(reading, digests, journal, copy, verify, delete, census).  PostgreSQL comes
-from ``DOMICILE_TEST_POSTGRES`` (default: the local server); the benchmark
-makes its own databases there and drops them at the end.
+``--profile`` prints where the move's time went: each step of ``execute()``
+(census, reading pages, journalling batch rows, copy, verify, delete) and the
+helpers they share (digests, selects by key, journal reads and writes,
+commits).  py-spy samples the child from outside with little overhead;
+cProfile needs nothing installed but slows a Python-bound move several times
+over.  PostgreSQL comes from ``DOMICILE_TEST_POSTGRES`` (default: the local
+server); the benchmark makes its own databases there and drops them at the end.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import io
 import json
 import os
 import pstats
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -47,7 +52,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -297,28 +302,144 @@ def floor_postgresql(urls: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------
 # domicile's move, in a child process.
 
-# Where the time of a move goes.  STEPS split execute() into its parts (cumulative
-# seconds); SPREAD are helpers every step calls, split by the step that called them.
+# Where the time of a move goes.  STEPS split execute() into its parts; SPREAD are
+# helpers the steps share, each split by the step (py-spy) or function (cProfile)
+# that called it.  (label, file, qualified name)
+EXECUTE = ("run/executor.py", "execute")
 STEPS = [
     ("census scans (before, after each pass)", "domicile/scan.py", "scan"),
-    ("read source pages (Mover.read)", "run/batch.py", "read"),
-    ("journal the batch rows (add_batch)", "run/journal.py", "add_batch"),
-    ("copy to home (Mover.copy_batch)", "run/batch.py", "copy_batch"),
-    ("verify at home (Mover.verify_batch)", "run/batch.py", "verify_batch"),
-    ("compare-and-delete (Mover.delete_batch)", "run/batch.py", "delete_batch"),
+    ("read source pages (Mover.read)", "run/batch.py", "Mover.read"),
+    ("journal the batch rows (Journal.add_batch)", "run/journal.py", "Journal.add_batch"),
+    ("copy to home (Mover.copy_batch)", "run/batch.py", "Mover.copy_batch"),
+    ("verify at home (Mover.verify_batch)", "run/batch.py", "Mover.verify_batch"),
+    ("compare-and-delete (Mover.delete_batch)", "run/batch.py", "Mover.delete_batch"),
 ]
 SPREAD = [
     ("row digests (digest_hex)", "run/rows.py", "digest_hex"),
     ("selects by key IN-lists (select_by_keys)", "run/rows.py", "select_by_keys"),
-    ("journal rows read back (Journal.rows)", "run/journal.py", "rows"),
-    ("journal state changes (Journal.transition)", "run/journal.py", "transition"),
-    ("journal batch read back (Journal.batch)", "run/journal.py", "batch"),
-    ("copied_before look-ups", "run/journal.py", "copied_before"),
-    ("insert at home (Mover._write)", "run/batch.py", "_write"),
-    ("source DELETE (Mover._delete_rows)", "run/batch.py", "_delete_rows"),
+    ("journal rows read back (Journal.rows)", "run/journal.py", "Journal.rows"),
+    ("journal state changes (Journal.transition)", "run/journal.py", "Journal.transition"),
+    ("journal batch read back (Journal.batch)", "run/journal.py", "Journal.batch"),
+    ("copied_before look-ups", "run/journal.py", "Journal.copied_before"),
+    ("insert at home (Mover._write)", "run/batch.py", "Mover._write"),
+    ("source DELETE (Mover._delete_rows)", "run/batch.py", "Mover._delete_rows"),
     ("placement verdict per row (classify)", "domicile/placement.py", "classify"),
-    ("journal keys back to column types (normalize_key)", "run/rows.py", "normalize_key"),
+    ("owner countries (Directory.resolve)", "domicile/scan.py", "Directory.resolve"),
+    ("journal keys to column types (normalize_key)", "run/rows.py", "normalize_key"),
+    (
+        "transaction commits (any store, journal)",
+        "sqlalchemy/engine/base.py",
+        "Connection._commit_impl",
+    ),
 ]
+
+
+@dataclass
+class Spent:
+    """Time spent in one function: in all, and by who called it."""
+
+    seconds: float = 0.0
+    calls: int | None = None
+    by: dict[str, float] = field(default_factory=dict)
+
+
+def from_cprofile(path: Path, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], Spent]:
+    """Cumulative time of each wanted (file, qualified name), split by immediate caller."""
+    raw: dict[tuple[str, int, str], Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    out = {w: Spent(calls=0) for w in wanted}
+    for (file, _line, name), (_cc, nc, _tt, ct, callers) in raw.items():
+        for suffix, qualname in wanted:
+            if name == qualname.rsplit(".", 1)[-1] and file.endswith(suffix):
+                spent = out[(suffix, qualname)]
+                spent.seconds += ct
+                spent.calls = (spent.calls or 0) + nc
+                for (cfile, cline, caller), (_c, _n, _t, cct) in callers.items():
+                    by = f"{caller} ({Path(cfile).name}:{cline})"
+                    spent.by[by] = spent.by.get(by, 0.0) + cct
+    return out
+
+
+SPY_RATE = 100  # samples per second
+TOP = 15
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+
+
+def from_py_spy(
+    path: Path, wanted: list[tuple[str, str]], rate: int
+) -> dict[tuple[str, str], Spent]:
+    """Seconds in each wanted function from py-spy's collapsed stacks, split by step."""
+    out = {w: Spent() for w in wanted}
+    steps = {(suffix, name): label.split(" (")[0] for label, suffix, name in STEPS}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        seconds = int(count) / rate
+        frames = []
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame)
+            if m:
+                frames.append((m["file"], m["name"]))
+        hit = {w for w in wanted if any(f.endswith(w[0]) and n == w[1] for f, n in frames)}
+        step = next((label for (sfx, name), label in steps.items() if (sfx, name) in hit), "other")
+        for w in hit:
+            out[w].seconds += seconds
+            out[w].by[step] = out[w].by.get(step, 0.0) + seconds
+    return out
+
+
+def print_profile(spent: dict[tuple[str, str], Spent], how: str) -> None:
+    """Where the time of execute() went: its steps, then the helpers they share."""
+    whole = spent[EXECUTE].seconds
+    say(f"  where the time goes ({how}; execute() = {whole:.1f}s = 100%):")
+
+    def line(label: str, s: Spent) -> None:
+        calls = f"{s.calls:>9,} calls" if s.calls is not None else ""
+        say(f"    {label:<50} {s.seconds:8.1f}s {s.seconds / whole:6.1%} {calls}")
+
+    accounted = 0.0
+    for label, suffix, name in STEPS:
+        line(label, spent[(suffix, name)])
+        accounted += spent[(suffix, name)].seconds
+    line("everything else", Spent(whole - accounted))
+    say("  shared helpers, by caller:")
+    for label, suffix, name in SPREAD:
+        s = spent[(suffix, name)]
+        line(label, s)
+        for by, seconds in sorted(s.by.items(), key=lambda kv: -kv[1])[:5]:
+            if seconds >= 0.05 * max(s.seconds, 1e-9):
+                say(f"      {'from ' + by:<48} {seconds:8.1f}s")
+
+
+def wanted() -> list[tuple[str, str]]:
+    """Every function the profile report looks for."""
+    return [EXECUTE, *[(f, n) for _l, f, n in STEPS], *[(f, n) for _l, f, n in SPREAD]]
+
+
+def show_profile(path: Path, args: argparse.Namespace) -> None:
+    """Print the report, then the functions with the most time of their own."""
+    if args.profile == "cprofile":
+        print_profile(from_cprofile(path, wanted()), f"cProfile, {args.profile_timer} clock")
+        buf = io.StringIO()
+        pstats.Stats(str(path), stream=buf).sort_stats("tottime").print_stats(TOP)
+        lines = buf.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if "ncalls" in line), len(lines))
+        say("  functions by own time:")
+        for line in lines[start:]:
+            if line.strip():
+                say("    " + line)
+        return
+    print_profile(from_py_spy(path, wanted(), SPY_RATE), f"py-spy, {SPY_RATE} samples/s")
+    own: dict[str, float] = {}
+    total = 0.0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        m = _FRAME.match(leaf)
+        key = f"{m['name']} ({m['file']})" if m else leaf
+        own[key] = own.get(key, 0.0) + int(count) / SPY_RATE
+        total += int(count) / SPY_RATE
+    say(f"  functions by own time (of {total:.1f}s sampled):")
+    for key, seconds in sorted(own.items(), key=lambda kv: -kv[1])[:TOP]:
+        say(f"    {seconds:8.1f}s {seconds / total:6.1%}  {key}")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -392,12 +513,24 @@ def run_child(path: Path, workdir: Path, args: argparse.Namespace, profile: Path
         "--workers",
         str(args.workers),
     ]
-    if profile is not None:
+    spy: subprocess.Popen[bytes] | None = None
+    if profile is not None and args.profile == "cprofile":
         cmd += ["--profile-out", str(profile), "--profile-timer", args.profile_timer]
     proc = subprocess.Popen(cmd)
+    if profile is not None and args.profile == "py-spy":
+        # sampling from outside: little overhead, and the child's own rusage stays its own
+        spy = subprocess.Popen(
+            [
+                *(args.py_spy, "record", "--pid", str(proc.pid), "--rate", str(SPY_RATE)),
+                *("--format", "raw", "--output", str(profile)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
     # wait4: this child's own rusage (RUSAGE_CHILDREN would be the max over every child)
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if spy is not None:
+        spy.wait()
     if proc.returncode != 0:
         raise SystemExit(f"the domicile move failed (exit {proc.returncode})")
     data = json.loads(out.read_text())
@@ -410,49 +543,6 @@ def run_child(path: Path, workdir: Path, args: argparse.Namespace, profile: Path
         reasons=data["reasons"],
         peak_mb=usage.ru_maxrss / 1024,
     )
-
-
-def print_profile(profile: Path) -> None:
-    """Cumulative seconds of the steps of a move and of the helpers they share."""
-    stats = pstats.Stats(str(profile))
-    raw: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
-
-    def find(suffix: str, func: str) -> list[tuple[tuple[str, int, str], Any]]:
-        return [(k, v) for k, v in raw.items() if k[2] == func and k[0].endswith(suffix)]
-
-    def cum(suffix: str, func: str) -> tuple[float, int]:
-        found = find(suffix, func)
-        return sum(v[3] for _k, v in found), sum(v[1] for _k, v in found)
-
-    whole, _ = cum("run/executor.py", "execute")
-    say(f"  where the time goes (cProfile, cumulative; execute() = {whole:.1f}s = 100%):")
-    accounted = 0.0
-    for label, suffix, func in STEPS:
-        seconds, calls = cum(suffix, func)
-        accounted += seconds
-        say(f"    {label:<50} {seconds:8.1f}s {seconds / whole:6.1%} {calls:>9,} calls")
-    rest = whole - accounted
-    say(f"    {'everything else':<50} {rest:8.1f}s {rest / whole:6.1%}")
-    say("  shared helpers, by calling step:")
-    for label, suffix, func in SPREAD:
-        seconds, calls = cum(suffix, func)
-        say(f"    {label:<50} {seconds:8.1f}s {seconds / whole:6.1%} {calls:>9,} calls")
-        callers: dict[str, float] = {}
-        for _k, v in find(suffix, func):
-            for (file, line, caller), (_cc, _nc, _tt, ct) in v[4].items():
-                name = f"{caller} ({Path(file).name}:{line})"
-                callers[name] = callers.get(name, 0.0) + ct
-        for caller, ct in sorted(callers.items(), key=lambda kv: -kv[1])[:5]:
-            if ct >= 0.05:
-                say(f"      from {caller:<43} {ct:8.1f}s")
-    buf = io.StringIO()
-    pstats.Stats(str(profile), stream=buf).sort_stats("tottime").print_stats(15)
-    say("  top functions by own time:")
-    lines = buf.getvalue().splitlines()
-    header = next((i for i, line in enumerate(lines) if "ncalls" in line), len(lines))
-    for line in lines[header:]:
-        if line.strip():
-            say("    " + line)
 
 
 # ---------------------------------------------------------------------------
@@ -495,6 +585,8 @@ def bench(backend: str, rows: int, args: argparse.Namespace) -> Result:
             )
 
             profile = workdir / "move.prof" if args.profile else None
+            if profile is not None:
+                say(f"  profiling the move with {args.profile}")
             move = run_child(path, workdir, args, profile)
             say(
                 f"  domicile: {move.seconds:.1f}s, {total / move.seconds:,.0f} rows/s, "
@@ -509,11 +601,12 @@ def bench(backend: str, rows: int, args: argparse.Namespace) -> Result:
                 )
             say(f"  checked: source empty, home holds {home}")
             if profile is not None:
-                print_profile(profile)
+                show_profile(profile, args)
                 if args.keep_profile:
-                    shutil.copyfile(
-                        profile, Path(args.keep_profile).with_suffix(f".{backend}.prof")
-                    )
+                    suffix = ".prof" if args.profile == "cprofile" else ".txt"
+                    keep = Path(f"{args.keep_profile}.{backend}.{rows}{suffix}")
+                    shutil.copyfile(profile, keep)
+                    say(f"  profile saved as {keep}")
     return Result(backend, total, floor_s, move)
 
 
@@ -552,7 +645,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--profile", action="store_true", help="profile the move (slower)")
+    parser.add_argument(
+        "--profile",
+        choices=["cprofile", "py-spy"],
+        help="profile the move and print where the time goes (cProfile slows it several "
+        "times over; py-spy samples from outside and needs the py-spy program)",
+    )
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy program (default: on PATH)")
     parser.add_argument(
         "--profile-timer",
         choices=["wall", "cpu"],
@@ -560,7 +659,11 @@ def main(argv: list[str] | None = None) -> None:
         help="cProfile clock: wall (includes waiting for the database server and for a CPU) "
         "or cpu (this process only: steady on a busy machine, blind to server time)",
     )
-    parser.add_argument("--keep-profile", metavar="PATH", help="also save the cProfile stats")
+    parser.add_argument(
+        "--keep-profile",
+        metavar="PATH",
+        help="also save the profile as PATH.<backend>.<rows>.prof|.txt",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)

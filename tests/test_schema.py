@@ -289,6 +289,19 @@ def test_foreign_keys_only_to_tables_at_the_target(
     assert sa.inspect(plain.engine).get_foreign_keys("posts") == []
 
 
+def test_foreign_key_to_an_existing_parent_without_the_column_is_refused(
+    make_db: Callable[[str], str],
+) -> None:
+    _src, (_accounts, posts) = _source(make_db, "sqlite")
+    dst = _store(make_db("sqlite"), "dst")
+    md = sa.MetaData()
+    sa.Table("accounts", md, sa.Column("region", sa.String(8), primary_key=True))
+    md.create_all(dst.engine)
+    with pytest.raises(PermanentConnectorError, match="no such column"):
+        copy_table_definition(posts, dst.engine)
+    assert not sa.inspect(dst.engine).has_table("posts")
+
+
 # -- the translation rules, without a server -------------------------------------
 
 

@@ -70,6 +70,11 @@ The rules, and why:
   comes from :func:`domicile.schema.refine_reflected`, not from guessing.
   A ``None`` is NULL whether SQL NULL or JSON ``null`` (SQLAlchemy returns
   both as ``None``).
+  One change is not undone: SQLite gives a ``JSON`` column NUMERIC affinity,
+  so a document that is a bare number is stored as a SQLite number (an
+  integer beyond 64 bits is rounded, an integral double of 2**53 or more
+  comes back as the integer it equals).  Its digest then differs, and the
+  move of that row stops at verification instead of passing unnoticed.
 - Any other value is digested by its Python type (``timedelta`` as
   ``{"interval": microseconds}``, ``list``/``dict`` as JSON); a value digest
   cannot encode raises ``TypeError`` rather than being guessed at.

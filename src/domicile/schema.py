@@ -378,6 +378,7 @@ def _name(name: Any, table: str, wide_scope: bool, dialect: sa.engine.Dialect) -
 
 
 def _keyed_columns(table: sa.Table) -> set[str]:
+    """Columns in a key, index, unique or foreign key, or that another table refers to."""
     names = {c.name for c in table.primary_key.columns}
     for index in table.indexes:
         names.update(c.name for c in index.columns)

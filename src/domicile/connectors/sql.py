@@ -23,6 +23,7 @@ from domicile.errors import (
     TransientConnectorError,
 )
 from domicile.model import Store
+from domicile.schema import refine_reflected
 
 # Drivers domicile installs (extras postgres / mysql); bare dialect names get them.
 _DEFAULT_DRIVERS = {
@@ -38,6 +39,10 @@ _AUTH_WORDS = (
     'role "',
     "no password supplied",
 )
+
+
+# MySQL/MariaDB errors about a value, not the connection: retrying cannot help.
+_MYSQL_DATA_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 3140}
 
 
 def _normalize_url(url: str) -> sa.URL:
@@ -153,7 +158,17 @@ class SqlStore:
             return engine
         kwargs["connect_args"] = {"connect_timeout": self._connect_timeout}
         kwargs["pool_size"] = self._pool_size
-        return sa.create_engine(self.url, **kwargs)
+        engine = sa.create_engine(self.url, **kwargs)
+        if self.dialect in ("mysql", "mariadb"):
+
+            @sa.event.listens_for(engine, "connect")
+            def _utc(dbapi_conn: Any, _record: Any) -> None:
+                # TIMESTAMP columns are read in the session's zone: make it UTC
+                cur = dbapi_conn.cursor()
+                cur.execute("SET time_zone = '+00:00'")
+                cur.close()
+
+        return engine
 
     def check(self) -> str:
         """Connect and return the server's version string."""
@@ -192,7 +207,9 @@ class SqlStore:
                         hint="create it, fix the table name, or narrow the dataset with stores:",
                     )
                 with translate(self.store, f"reading the definition of table {name}"):
-                    self._tables[name] = sa.Table(name, self._metadata, autoload_with=self.engine)
+                    table = sa.Table(name, self._metadata, autoload_with=self.engine)
+                    # MySQL DOUBLE reflects as a rounding Decimal, MariaDB JSON as text
+                    self._tables[name] = refine_reflected(table, self.engine)
             return self._tables[name]
 
     def forget(self, name: str) -> None:

@@ -20,13 +20,13 @@ duplicating a record:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from domicile.digest import batch_digest_hex, storage_value
 from domicile.errors import ConflictError, PermanentConnectorError, VerificationError
 from domicile.fleet import Location
 from domicile.model import Dataset
@@ -73,11 +73,8 @@ class Page:
 
 
 def batch_digest(row_digests: Sequence[str]) -> str:
-    """Fingerprint of a batch: SHA-256 over its sorted row digests."""
-    h = hashlib.sha256()
-    for d in sorted(row_digests):
-        h.update(bytes.fromhex(d))
-    return h.hexdigest()
+    """Fingerprint of a batch over its row digests (see :func:`domicile.digest.batch_digest`)."""
+    return batch_digest_hex(bytes.fromhex(d) for d in row_digests)
 
 
 class Mover:
@@ -263,8 +260,9 @@ class Mover:
         conflicts: list[tuple[Any, ...]] = []
         with home.store.begin_write(f"copying {self.ds.name} to {home.store.name}") as conn:
             existing = select_by_keys(conn, table, self.key, keys, for_update=True)
+            types = {c.name: c.type for c in cols}
             for k, r in by_key.items():
-                row_values = {n: values[r.key][n] for n in names}
+                row_values = {n: storage_value(values[r.key][n], types[n]) for n in names}
                 if k not in existing:
                     inserts.append(row_values)
                     continue
