@@ -398,7 +398,7 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
     owner_texts = ([cfg.owner] if cfg.owner else []) + list(cfg.owners or [])
     if cfg.owner and cfg.owners:
         raise ConfigError("give 'owner' or 'owners', not both", where=at)
-    if not owner_texts and not cfg.reference:
+    if not owner_texts and not cfg.reference and cfg.objects is None:
         raise ConfigError(
             "a personal dataset needs an owner",
             where=at,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from domicile.connectors.objects import ObjectStore
 from domicile.connectors.sql import SqlStore
 from domicile.datamap import locate
 from domicile.errors import ConfigError, DomicileError, PermanentConnectorError
@@ -50,6 +51,9 @@ class Fleet:
             s.name: SqlStore(s, connect_timeout=connect_timeout, pool_size=pool_size)
             for s in datamap.sql_stores()
         }
+        self.objects: dict[str, ObjectStore] = {
+            s.name: ObjectStore(s.name, s.url, s.options) for s in datamap.object_stores()
+        }
         self._locations: dict[str, list[Location]] = {}
 
     def __enter__(self) -> Fleet:
@@ -70,6 +74,21 @@ class Fleet:
                 yield name, store.check(), None
             except DomicileError as exc:
                 yield name, None, exc
+        for name, objects in self.objects.items():
+            try:
+                objects.check()
+                yield name, f"objects ({objects.scheme})", None
+            except DomicileError as exc:
+                yield name, None, exc
+
+    def object_stores_for(self, ds: Dataset) -> list[ObjectStore]:
+        """The object stores an object dataset (or a dataset's blobs) may live in."""
+        names = ds.stores if ds.objects is not None else (ds.blobs.stores if ds.blobs else None)
+        if names is None:
+            return list(self.objects.values())
+        homes = {h for j in self.map.jurisdictions.values() for h in j.home}
+        picked = [self.objects[n] for n in names if n in self.objects]
+        return picked + [o for n, o in self.objects.items() if n in homes and o not in picked]
 
     def locations(self, name: str) -> list[Location]:
         """Where SQL dataset *name* lives, validated; cached."""

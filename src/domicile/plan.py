@@ -171,8 +171,8 @@ def build_plan(
             continue
         conflicts += cell.conflicts
         excepted += cell.excepted
-        if not cell.violating:
-            continue
+        if not cell.violating or cell.dataset not in m.datasets:
+            continue  # blob cells ("videos.media_key") move with their rows
         ds = m.datasets[cell.dataset]
         target = home_store(m, m.jurisdictions[cell.jurisdiction], ds)
         key = (cell.dataset, cell.store, target)

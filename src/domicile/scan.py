@@ -358,14 +358,21 @@ def scan(
     census.waivers = list(uses.values())
     directory = Directory(fleet)
     names = list(datasets) if datasets is not None else list(m.datasets)
+    from domicile.scan_objects import scan_blobs, scan_object_dataset
+
     for name in names:
         ds = m.datasets[name]
-        if ds.reference or not ds.is_sql:
+        if ds.reference:
+            continue
+        if not ds.is_sql:
+            scan_object_dataset(fleet, census, directory, uses, ds, today)
             continue
         for loc in fleet.locations(name):
             if progress:
                 progress(f"{name} in {loc.store.name}")
             _scan_location(fleet, census, directory, uses, ds, loc, today)
+            if ds.blobs is not None:
+                scan_blobs(fleet, census, directory, ds, loc, today)
     _count_unknown_countries(fleet, census)
     return census
 
@@ -394,18 +401,20 @@ def _scan_location(
         key = (*countries, flags)
         if key not in verdicts:
             verdicts[key] = classify(m, store, ds, countries, flags, today)
-        _add(census, uses, verdicts[key], loc.store.name, ds.name, int(g["n"]), avg)
+        n = int(g["n"])
+        add(census, uses, verdicts[key], loc.store.name, ds.name, n, round(n * avg))
 
 
-def _add(
+def add(
     census: Census,
-    uses: dict[int, WaiverUse],
+    uses: dict[int, WaiverUse] | None,
     v: Verdict,
     store: str,
     dataset: str,
     n: int,
-    avg: float,
+    nbytes: int,
 ) -> None:
+    """Count *n* records (*nbytes* bytes) with verdict *v* into the census."""
     if v.status == "orphan":
         census.orphans[(store, dataset)] += n
         return
@@ -416,14 +425,14 @@ def _add(
         census.violations += n
     elif v.status == "conflict":
         census.conflicts += n
-    if v.waiver is not None:
+    if uses is not None and v.waiver is not None:
         uses[v.waiver.index].records += n
-    if v.expired is not None:
+    if uses is not None and v.expired is not None:
         uses[v.expired.index].records += n
     for j in v.jurisdictions or (UNRESTRICTED,):
         cell = census.cell(j, store, dataset)
         cell.records += n
-        cell.bytes += round(n * avg)
+        cell.bytes += nbytes
         if v.status == "violating":
             cell.violating += n
         elif v.status == "excepted":

@@ -27,10 +27,16 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from domicile.digest import batch_digest_hex, storage_value
-from domicile.errors import ConflictError, PermanentConnectorError, VerificationError
+from domicile.errors import (
+    ConfigError,
+    ConflictError,
+    PermanentConnectorError,
+    VerificationError,
+)
 from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.placement import classify, home_store, targets
+from domicile.run.blob_copy import BlobMover
 from domicile.run.journal import BatchRecord, BatchRow
 from domicile.run.references import copy_references
 from domicile.run.rows import (
@@ -59,6 +65,8 @@ class Candidate:
     values: dict[str, Any]
     digest: str
     targets: tuple[str, ...]
+    home_digest: str | None = None
+    blob: dict[str, Any] | None = None
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Mover:
         self.store = m.stores[source.store.name]
         local_dir = ctx.fleet.location(m.subjects.dataset, source.store.name)
         self.annotated = annotate(m, source, dataset, local_dir)
+        self.blobs = BlobMover(ctx, dataset) if dataset.blobs is not None else None
 
     # -- reading ---------------------------------------------------------------
 
@@ -117,20 +126,30 @@ class Mover:
                 homes = self._targets(r)
                 if homes:
                     values = {n: r[n] for n in names}
-                    page.rows.append(
-                        Candidate(
-                            key_of(values, self.key),
-                            values,
-                            digest_hex(values, table.columns),
-                            homes,
-                        )
-                    )
+                    page.rows.append(self._candidate(values, homes))
             after = tuple(rows[-1][k] for k in self.key)
             page.hi = after
             if len(rows) < page_size:
                 page.exhausted = True
                 break
         return page
+
+    def _candidate(self, values: dict[str, Any], homes: tuple[str, ...]) -> Candidate:
+        table = self.source.table
+        c = Candidate(key_of(values, self.key), values, digest_hex(values, table.columns), homes)
+        if self.blobs is not None:
+            c.blob = self.blobs.describe(values[self.blobs.column])
+            if c.blob is not None and c.blob["url"]:
+                if len(homes) > 1:
+                    raise ConfigError(
+                        f"dataset {self.ds.name}: a blob URL cannot point to two homes",
+                        hint="store object keys (not URLs) in the column, or use multi_owner: all",
+                    )
+                at_home = dict(
+                    values, **{self.blobs.column: self.blobs.home_value(c.blob, homes[0])}
+                )
+                c.home_digest = digest_hex(at_home, table.columns)
+        return c
 
     def _targets(self, row: Any) -> tuple[str, ...]:
         m = self.ctx.map
@@ -229,6 +248,8 @@ class Mover:
         values: dict[tuple[Any, ...], dict[str, Any]],
     ) -> dict[str, int]:
         home = self.ctx.target(self.ds, target, self.source)
+        if self.blobs is not None:
+            values = self._copy_blobs(batch, target, rows, values)
         try:
             return self._upsert(batch, home, rows, values, per_row=False)
         except sa.exc.IntegrityError:
@@ -239,6 +260,30 @@ class Mover:
             if isinstance(exc.__cause__, sa.exc.IntegrityError):
                 return self._upsert(batch, home, rows, values, per_row=True)
             raise
+
+    def _copy_blobs(
+        self,
+        batch: BatchRecord,
+        target: str,
+        rows: list[BatchRow],
+        values: dict[tuple[Any, ...], dict[str, Any]],
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """Stream the rows' objects home first; journal their hashes; rewrite URL columns."""
+        assert self.blobs is not None
+        updated: list[BatchRow] = []
+        out = dict(values)
+        for i, r in enumerate(rows):
+            if r.blob is None:
+                continue
+            blob = self.blobs.copy(r.blob, target)
+            rows[i] = BatchRow(r.key, r.digest, r.targets, r.status, r.home_digest, blob)
+            updated.append(rows[i])
+            if blob["url"]:
+                out[r.key] = dict(
+                    values[r.key], **{self.blobs.column: self.blobs.home_value(blob, target)}
+                )
+        self.ctx.journal.update_rows(batch.id, updated)
+        return out
 
     def _upsert(
         self,
@@ -267,7 +312,7 @@ class Mover:
                     inserts.append(row_values)
                     continue
                 at_home = digest_hex(existing[k], cols)
-                if at_home == r.digest:
+                if at_home == r.digest_at_home:
                     counts["already"] += 1
                 elif self.ctx.journal.copied_before(self.ds.name, home.store.name, r.key, at_home):
                     updates.append(row_values)  # domicile's own stale copy
@@ -349,8 +394,10 @@ class Mover:
             for k, r in zip(keys, part, strict=True):
                 if k not in found:
                     bad.append((r.key, "missing"))
-                elif r.status is None and digest_hex(found[k], cols) != r.digest:
+                elif r.status is None and digest_hex(found[k], cols) != r.digest_at_home:
                     bad.append((r.key, "different content"))
+                elif self.blobs is not None and r.blob is not None and r.status is None:
+                    self.blobs.verify(r.blob)
             if bad:
                 detail = ", ".join(f"{list(k)} {why}" for k, why in bad[:5])
                 raise VerificationError(
@@ -411,6 +458,13 @@ class Mover:
             "changed": len(changed),
             "vanished": len(all_vanished),
         }
+        if self.blobs is not None:
+            # the rows are gone from the source: now their objects, if unchanged
+            gone_keys = {k for k in deletable if k not in pinned}
+            gone = [r for k, r in zip(keys, moving, strict=True) if k in gone_keys] + ours
+            outcomes = [self.blobs.delete_source(r.blob) for r in gone if r.blob is not None]
+            counts["blobs_deleted"] = outcomes.count("deleted") + outcomes.count("gone")
+            counts["blobs_changed"] = outcomes.count("changed")
         journal.transition(batch.id, "done", counts=counts)
         self.ctx.emit(
             "batch.deleted",
@@ -450,7 +504,11 @@ class Mover:
         return pinned
 
     def _remove_own_copies(self, rows: list[BatchRow]) -> None:
-        """Delete home rows that still hold exactly what domicile copied there."""
+        """Delete home rows (and objects) that still hold exactly what domicile copied there."""
+        if self.blobs is not None:
+            for r in rows:
+                if r.blob is not None:
+                    self.blobs.remove_home_copy(r.blob)
         for target in sorted({t for r in rows for t in r.targets}):
             home = self.ctx.existing_target(self.ds, target)
             if home is None:
@@ -463,7 +521,7 @@ class Mover:
                 gone = [
                     k
                     for k, r in zip(keys, part, strict=True)
-                    if k in found and digest_hex(found[k], cols) == r.digest
+                    if k in found and digest_hex(found[k], cols) == r.digest_at_home
                 ]
                 if gone:
                     conn.execute(home.table.delete().where(key_in(home.table, self.key, gone)))

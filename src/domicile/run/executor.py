@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from domicile.connectors.objects import ObjectStore
 from domicile.errors import ConfigError, DomicileError, RunIncomplete
 from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
@@ -29,6 +30,7 @@ from domicile.plan import Plan, build_plan, order_datasets
 from domicile.run.audit_events import RunAudit
 from domicile.run.batch import Mover
 from domicile.run.journal import BatchRecord, BatchRow, Journal
+from domicile.run.objects_move import ObjectMover
 from domicile.run.retry import Retry, Throttle
 from domicile.scan import Census, Directory, scan
 from domicile.schema import copy_tables, missing_columns
@@ -227,6 +229,8 @@ def _preflight(ctx: RunContext) -> None:
     """Create or check every home table the plan needs before any row moves."""
     for dataset in ctx.plan.copy_order:
         ds = ctx.map.datasets[dataset]
+        if not ds.is_sql:
+            continue
         for move in ctx.plan.moves:
             if move.dataset == dataset:
                 source = ctx.fleet.location(dataset, move.source)
@@ -252,7 +256,9 @@ def _copy_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> 
     while True:
         page = ctx.retry.call(partial(mover.read, after, ctx.options.batch_size))
         if page.rows:
-            rows = [BatchRow(c.key, c.digest, c.targets) for c in page.rows]
+            rows = [
+                BatchRow(c.key, c.digest, c.targets, None, c.home_digest, c.blob) for c in page.rows
+            ]
             batch_id = journal.add_batch(
                 ctx.run_id, ds.name, source.store.name, pass_no, seq, page.lo, page.hi or (), rows
             )
@@ -293,15 +299,19 @@ def _step(ctx: RunContext, batch: BatchRecord, fn: Callable[[], None], side: str
         raise
 
 
-def _pairs(ctx: RunContext, dataset: str) -> list[tuple[Dataset, Location]]:
+def _sources(ctx: RunContext, dataset: str) -> list[str]:
     """Sources to work on: the plan's, and any with unfinished batches in the journal."""
-    ds = ctx.map.datasets[dataset]
-    out = []
     stores = list(ctx.plan.sources(dataset))
     for b in ctx.journal.batches(ctx.run_id, dataset):
         if b.state != "done" and b.source not in stores:
             stores.append(b.source)
-    for store in stores:
+    return stores
+
+
+def _pairs(ctx: RunContext, dataset: str) -> list[tuple[Dataset, Location]]:
+    ds = ctx.map.datasets[dataset]
+    out = []
+    for store in _sources(ctx, dataset):
         loc = ctx.fleet.location(dataset, store)
         if loc is not None:
             out.append((ds, loc))
@@ -319,13 +329,68 @@ def _parallel(ctx: RunContext, fn: Callable[..., None], pairs: list[Any], pass_n
             f.result()
 
 
+def _object_pairs(ctx: RunContext) -> list[tuple[Dataset, ObjectStore]]:
+    out = []
+    for ds in ctx.map.datasets.values():
+        if ds.objects is not None:
+            for store in _sources(ctx, ds.name):
+                if store in ctx.fleet.objects:
+                    out.append((ds, ctx.fleet.objects[store]))
+    return out
+
+
+def _copy_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
+    mover = ObjectMover(ctx, ds, source)
+    journal = ctx.journal
+    current = [b for b in journal.batches(ctx.run_id, ds.name, source.name) if b.pass_no == pass_no]
+    for b in current:
+        if b.state == "failed" and b.failed_in == "copy":
+            journal.transition(b.id, "copying")
+            b = journal.batch(b.id)
+        if b.state == "copying":
+            _step(ctx, b, partial(mover.copy_batch, b.id), "copy")
+            b = journal.batch(b.id)
+        if b.state == "copied":
+            _step(ctx, b, partial(mover.verify_batch, b.id), "copy")
+    after = str(current[-1].hi[0]) if current else None
+    seq = current[-1].seq + 1 if current else 1
+    rows = ctx.retry.call(partial(mover.moving, after))
+    size = ctx.options.batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        lo = (after,) if after is not None else None
+        hi = chunk[-1].key
+        batch_id = journal.add_batch(ctx.run_id, ds.name, source.name, pass_no, seq, lo, hi, chunk)
+        seq += 1
+        after = str(hi[0])
+        b = journal.batch(batch_id)
+        _step(ctx, b, partial(mover.copy_batch, b.id), "copy")
+        _step(ctx, b, partial(mover.verify_batch, b.id), "copy")
+        ctx.progress("copied", ds.name, len(chunk))
+
+
+def _delete_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
+    mover = ObjectMover(ctx, ds, source)
+    for b in ctx.journal.batches(ctx.run_id, ds.name, source.name):
+        if b.pass_no == pass_no and b.state in ("verified", "deleting"):
+            n = ctx.retry.call(partial(mover.delete_batch, b.id))
+            ctx.progress("deleted", ds.name, n)
+
+
 def run_pass(ctx: RunContext, pass_no: int) -> None:
-    """One pass: copy and verify in copy order, then delete in delete order."""
+    """One pass: copy and verify in copy order, then delete in delete order.
+
+    Rows (and the objects they name) go first, parents before children; then
+    the object datasets.  Deletes run the other way round.
+    """
     for dataset in ctx.order:
         pairs = _pairs(ctx, dataset)
         if pairs:
             _parallel(ctx, _copy_pair, pairs, pass_no)
             ctx.journal.mark("dataset-done")
+    objects = _object_pairs(ctx)
+    _parallel(ctx, _copy_objects, objects, pass_no)
+    _parallel(ctx, _delete_objects, objects, pass_no)
     for dataset in reversed(ctx.order):
         _parallel(ctx, _delete_pair, _pairs(ctx, dataset), pass_no)
 

@@ -88,6 +88,10 @@ batch_rows = sa.Table(
     # NULL: moving; dropped: changed or gone before the copy; deferred: parent not yet
     # at home; kept-home: conflict resolved for home; changed / vanished: seen at delete
     sa.Column("status", sa.String(20)),
+    # rows whose blob URL is rewritten at home digest differently there
+    sa.Column("home_digest", sa.String(64)),
+    # JSON: the row's object (store, key, version, sha256, home url) when it has one
+    sa.Column("blob", sa.Text),
     sa.Index("ix_domicile_batch_rows_key", "dataset", "key"),
 )
 
@@ -148,6 +152,13 @@ class BatchRow:
     digest: str
     targets: tuple[str, ...]
     status: str | None = None
+    home_digest: str | None = None
+    blob: dict[str, Any] | None = None
+
+    @property
+    def digest_at_home(self) -> str:
+        """The digest the row must have at home (differs when a blob URL was rewritten)."""
+        return self.home_digest or self.digest
 
 
 class IllegalTransition(DomicileError):
@@ -265,6 +276,8 @@ class Journal:
                             "digest": r.digest,
                             "targets": json.dumps(list(r.targets)),
                             "dataset": dataset,
+                            "home_digest": r.home_digest,
+                            "blob": json.dumps(r.blob) if r.blob is not None else None,
                         }
                         for r in rows
                     ],
@@ -318,12 +331,37 @@ class Journal:
     def rows(self, batch_id: int) -> list[BatchRow]:
         """The rows of a batch as recorded before the copy."""
         c = batch_rows.c
-        q = sa.select(c.key, c.digest, c.targets, c.status).where(c.batch_id == batch_id)
+        q = sa.select(c.key, c.digest, c.targets, c.status, c.home_digest, c.blob).where(
+            c.batch_id == batch_id
+        )
         with self.engine.connect() as conn:
             return [
-                BatchRow(key_values(k) or (), d, tuple(json.loads(t)), st)
-                for k, d, t, st in conn.execute(q)
+                BatchRow(
+                    key_values(k) or (),
+                    d,
+                    tuple(json.loads(t)),
+                    st,
+                    hd,
+                    json.loads(b) if b else None,
+                )
+                for k, d, t, st, hd, b in conn.execute(q)
             ]
+
+    def update_rows(self, batch_id: int, updates: Sequence[BatchRow]) -> None:
+        """Record what a copy learnt about rows: digest at home, blob hash and location."""
+        if not updates:
+            return
+        with self._lock, self.engine.begin() as conn:
+            for r in updates:
+                conn.execute(
+                    batch_rows.update()
+                    .where(batch_rows.c.batch_id == batch_id, batch_rows.c.key == key_text(r.key))
+                    .values(
+                        digest=r.digest,
+                        home_digest=r.home_digest,
+                        blob=json.dumps(r.blob) if r.blob is not None else None,
+                    )
+                )
 
     def set_row_status(self, batch_id: int, keys: Iterable[Sequence[Any]], status: str) -> None:
         """Mark rows of a batch (see the ``status`` column)."""
@@ -351,7 +389,7 @@ class Journal:
         q = sa.select(batch_rows.c.targets).where(
             batch_rows.c.dataset == dataset,
             batch_rows.c.key == key_text(key),
-            batch_rows.c.digest == digest,
+            sa.or_(batch_rows.c.digest == digest, batch_rows.c.home_digest == digest),
         )
         with self.engine.connect() as conn:
             return any(target in json.loads(t) for (t,) in conn.execute(q))

@@ -1,0 +1,140 @@
+"""Objects that move with their rows (``blobs: {column: ...}``).
+
+Within a row's batch: the object is located when the batch is formed (its
+store, key and version are journalled with the row), streamed to the home
+object store of the row's jurisdiction under the same key *before* the row is
+written at home, verified there by SHA-256 with the row, and deleted at the
+source only after the row was — and only if it is unchanged since the copy.
+A column holding a full URL is rewritten to the new place in the same
+transaction that writes the row at home.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from domicile.blobs import BlobLocator, is_url
+from domicile.connectors.objects import ObjectStore
+from domicile.errors import ConfigError, VerificationError
+from domicile.model import Dataset
+
+if TYPE_CHECKING:
+    from domicile.run.executor import RunContext
+
+RECOPY_ATTEMPTS = 3  # an object the application keeps overwriting is left for the next run
+
+
+class BlobMover:
+    """Copies, verifies and deletes the objects a dataset's rows name."""
+
+    def __init__(self, ctx: RunContext, ds: Dataset):
+        assert ds.blobs is not None
+        self.ctx = ctx
+        self.ds = ds
+        self.column = ds.blobs.column
+        self.locator = BlobLocator(ctx.fleet, ds, listing=False)
+        self.counts = {"blobs_copied": 0, "blob_bytes": 0, "blobs_orphaned": 0}
+
+    def _store(self, name: str) -> ObjectStore:
+        return self.ctx.fleet.objects[name]
+
+    def home_store(self, sql_target: str) -> str:
+        """The object store home of the jurisdiction whose SQL home is *sql_target*."""
+        for j in self.ctx.map.jurisdictions.values():
+            if sql_target in j.home:
+                for name in j.home:
+                    if self.ctx.map.stores[name].kind == "objects":
+                        return name
+                raise ConfigError(
+                    f"jurisdiction {j.name} has no object store in its home for the objects "
+                    f"of dataset {self.ds.name}",
+                    where=f"jurisdictions.{j.name}.home",
+                    hint="add a file:// or s3:// store to home",
+                )
+        raise ConfigError(f"{sql_target} is no jurisdiction's home")
+
+    def describe(self, value: Any) -> dict[str, Any] | None:
+        """Where the object *value* names is now (None: it exists nowhere — an orphan)."""
+        found = self.locator.locate(value)
+        if found is None:
+            if value is not None and value != "":
+                self.counts["blobs_orphaned"] += 1
+            return None
+        store, key, info = found
+        return {
+            "store": store.name,
+            "key": key,
+            "version": info.version,
+            "size": info.size,
+            "url": is_url(str(value)),
+        }
+
+    def home_value(self, blob: dict[str, Any], sql_target: str) -> str:
+        """The column's value at home: the key, or the object's new URL."""
+        home = self._store(self.home_store(sql_target))
+        return home.url_for(blob["key"]) if blob["url"] else str(blob["key"])
+
+    def copy(self, blob: dict[str, Any], sql_target: str) -> dict[str, Any]:
+        """Stream the object to its home (same key); returns the blob with its SHA-256."""
+        home_name = self.home_store(sql_target)
+        out = dict(blob, home=home_name)
+        if blob["store"] == home_name:
+            out["sha256"] = self._store(home_name).sha256(blob["key"])
+            return out
+        result = self._store(home_name).copy_from(
+            self._store(blob["store"]), blob["key"], blob["key"]
+        )
+        out["sha256"] = result.sha256
+        out["version"] = result.source_version or blob["version"]
+        self.counts["blobs_copied"] += 1
+        self.counts["blob_bytes"] += result.size
+        self.ctx.progress("bytes", self.ds.name, result.size)
+        return out
+
+    def verify(self, blob: dict[str, Any]) -> None:
+        """The object at home must have the SHA-256 of what was copied."""
+        home = self._store(blob["home"])
+        if home.stat(blob["key"]) is None:
+            raise VerificationError(
+                f"object {blob['key']} is missing at {home.name}",
+                hint="nothing was deleted; resume the run to copy it again",
+            )
+        actual = home.sha256(blob["key"])
+        if actual != blob.get("sha256"):
+            raise VerificationError(
+                f"object {blob['key']} at {home.name} has SHA-256 {actual[:12]}…, "
+                f"copied {str(blob.get('sha256'))[:12]}…",
+                hint="nothing was deleted; resume the run to copy it again",
+            )
+
+    def delete_source(self, blob: dict[str, Any]) -> str:
+        """Delete the source object if unchanged since the copy; copy it again if it changed.
+
+        Returns ``deleted``, ``gone`` (no longer there) or ``changed`` (the
+        application kept overwriting it; left for the next run).
+        """
+        if blob["store"] == blob.get("home"):
+            return "deleted"
+        src = self._store(blob["store"])
+        version = blob["version"]
+        for _ in range(RECOPY_ATTEMPTS):
+            if src.delete_if_unchanged(blob["key"], version):
+                return "deleted"
+            info = src.stat(blob["key"])
+            if info is None:
+                return "gone"
+            # overwritten after the copy: the new content goes home too, then delete it
+            result = self._store(blob["home"]).copy_from(src, blob["key"], blob["key"])
+            self.verify(dict(blob, sha256=result.sha256))
+            version = result.source_version or info.version
+        return "changed"
+
+    def remove_home_copy(self, blob: dict[str, Any]) -> None:
+        """Remove an object domicile copied home for a row that is not moving after all."""
+        home_name = blob.get("home")
+        if not home_name or home_name == blob["store"] or not blob.get("sha256"):
+            return
+        home = self._store(home_name)
+        info = home.stat(blob["key"])
+        if info is not None and home.sha256(blob["key"]) == blob["sha256"]:
+            home.delete_if_unchanged(blob["key"], info.version)

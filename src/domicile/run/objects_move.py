@@ -1,0 +1,165 @@
+"""Object datasets (``objects: "avatars/{owner}/*"``): the same protocol, for files.
+
+A batch is a run of keys (in key order) of one source object store.  Each
+object is journalled with its version before it is copied (``copying``);
+streamed to the home object store under the same key, hashing the bytes
+(``copied``, with the SHA-256 journalled); read back at home and compared
+(``verified``); and deleted at the source only if its version is still the
+one copied (``deleting`` → ``done``).  An object the application overwrote
+after the copy stays and moves again in the next pass; one it deleted is
+removed from home too (if home holds exactly the copy).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from domicile.blobs import coerce_owner, owner_pattern
+from domicile.connectors.objects import ObjectStore
+from domicile.errors import ConflictError, VerificationError
+from domicile.model import Dataset
+from domicile.placement import classify, home_store
+from domicile.run.journal import BatchRecord, BatchRow
+from domicile.scan_objects import unconditional_waivers
+
+if TYPE_CHECKING:
+    from domicile.run.executor import RunContext
+
+
+class ObjectMover:
+    """Moves one object dataset's violating objects out of one object store."""
+
+    def __init__(self, ctx: RunContext, ds: Dataset, source: ObjectStore):
+        assert ds.objects is not None
+        self.ctx = ctx
+        self.ds = ds
+        self.source = source
+        self.glob, self.rx = owner_pattern(ds.objects)
+        m = ctx.map
+        self.id_col = ctx.fleet.locations(m.subjects.dataset)[0].table.c[m.subjects.id]
+        self.flags = unconditional_waivers(ctx.fleet, ds)
+
+    def _store(self, name: str) -> ObjectStore:
+        return self.ctx.fleet.objects[name]
+
+    def moving(self, after: str | None) -> list[BatchRow]:
+        """Every violating object of the scope after key *after*, in key order."""
+        m = self.ctx.map
+        found: list[tuple[str, Any, str, int]] = []
+        for info in self.source.list(pattern=self.glob):
+            match = self.rx.fullmatch(info.key)
+            if match and (after is None or info.key > after):
+                owner = coerce_owner(match.group("owner"), self.id_col)
+                found.append((info.key, owner, info.version, info.size))
+        self.ctx.directory.resolve(o for _, o, _, _ in found)
+        model = m.stores[self.source.name]
+        rows = []
+        for key, owner, version, size in sorted(found):
+            country = self.ctx.directory.country(owner)
+            verdict = classify(m, model, self.ds, [country], self.flags, self.ctx.today)
+            scope = [j for j in verdict.jurisdictions if j in self.ctx.scope]
+            if verdict.status != "violating" or not scope:
+                continue
+            target = home_store(m, m.jurisdictions[scope[0]], self.ds)
+            blob = {"store": self.source.name, "key": key, "version": version, "size": size}
+            rows.append(BatchRow((key,), version, (target,), None, None, blob))
+        return rows
+
+    def copy(self, batch: BatchRecord) -> None:
+        """Stream each object home; journal the SHA-256s; ``copied``."""
+        journal = self.ctx.journal
+        rows = [r for r in journal.rows(batch.id) if r.status is None]
+        updated = []
+        for r in rows:
+            assert r.blob is not None
+            home = self._store(r.targets[0])
+            key = r.key[0]
+            existing = home.stat(key)
+            if existing is not None:
+                at_home = home.sha256(key)
+                at_source = self.source.sha256(key)
+                if at_home == at_source:
+                    pass  # already home (a resumed copy)
+                elif not journal.copied_before(self.ds.name, home.name, r.key, at_home) and (
+                    self.ctx.map.on_conflict == "fail"
+                ):
+                    raise ConflictError(
+                        f"object {key} is already at {home.name} with different content",
+                        where=f"batch {batch.id} ({self.ds.name} from {self.source.name})",
+                        hint="compare both; set on_conflict: keep-home or overwrite, then resume",
+                    )
+                elif self.ctx.map.on_conflict == "keep-home" and not journal.copied_before(
+                    self.ds.name, home.name, r.key, at_home
+                ):
+                    blob = dict(r.blob, sha256=at_home, kept_home=True)
+                    updated.append(BatchRow(r.key, at_home, r.targets, None, None, blob))
+                    continue
+            result = home.copy_from(self.source, key, key)
+            blob = dict(r.blob, sha256=result.sha256, version=result.source_version)
+            updated.append(BatchRow(r.key, result.sha256, r.targets, None, None, blob))
+            self.ctx.progress("bytes", self.ds.name, result.size)
+        journal.update_rows(batch.id, updated)
+        journal.transition(batch.id, "copied", counts={"copied": len(updated)})
+        self.ctx.emit("batch.copied", batch, rows=[r.digest for r in updated], count=len(updated))
+
+    def verify(self, batch: BatchRecord) -> None:
+        """Read each object back at home and compare SHA-256s; ``verified``."""
+        rows = [r for r in self.ctx.journal.rows(batch.id) if r.status is None]
+        for r in rows:
+            home = self._store(r.targets[0])
+            key = r.key[0]
+            if home.stat(key) is None or home.sha256(key) != r.digest:
+                raise VerificationError(
+                    f"object {key} at {home.name} does not match what was copied",
+                    where=f"batch {batch.id}",
+                    hint="nothing was deleted; resume the run to copy it again",
+                )
+        self.ctx.journal.transition(batch.id, "verified")
+        self.ctx.emit("batch.verified", batch, count=len(rows))
+
+    def delete(self, batch: BatchRecord) -> int:
+        """Delete each source object whose version is still the one copied; ``done``."""
+        journal = self.ctx.journal
+        resumed = batch.state == "deleting"
+        if not resumed:
+            journal.transition(batch.id, "deleting")
+        rows = [r for r in journal.rows(batch.id) if r.status is None]
+        deleted, changed, vanished = 0, [], []
+        for r in rows:
+            assert r.blob is not None
+            key = r.key[0]
+            if self.source.delete_if_unchanged(key, r.blob["version"]):
+                deleted += 1
+            elif self.source.stat(key) is None:
+                if resumed:
+                    deleted += 1  # most likely domicile's own delete before the crash
+                else:
+                    vanished.append(r)  # the application deleted it after the copy
+            else:
+                changed.append(r)  # overwritten after the copy: the next pass moves it
+        for r in vanished:
+            home = self._store(r.targets[0])
+            info = home.stat(r.key[0])
+            if info is not None and home.sha256(r.key[0]) == r.digest:
+                home.delete_if_unchanged(r.key[0], info.version)
+        journal.set_row_status(batch.id, [r.key for r in vanished], "vanished")
+        journal.set_row_status(batch.id, [r.key for r in changed], "changed")
+        counts = {"deleted": deleted, "changed": len(changed), "vanished": len(vanished)}
+        journal.transition(batch.id, "done", counts=counts)
+        self.ctx.emit(
+            "batch.deleted", batch, count=deleted, changed=len(changed), vanished=len(vanished)
+        )
+        return deleted
+
+    # by id, for the executor's retries
+    def copy_batch(self, batch_id: int) -> None:
+        """:meth:`copy` for the batch as the journal holds it now."""
+        self.copy(self.ctx.journal.batch(batch_id))
+
+    def verify_batch(self, batch_id: int) -> None:
+        """:meth:`verify` for the batch as the journal holds it now."""
+        self.verify(self.ctx.journal.batch(batch_id))
+
+    def delete_batch(self, batch_id: int) -> int:
+        """:meth:`delete` for the batch as the journal holds it now."""
+        return self.delete(self.ctx.journal.batch(batch_id))
