@@ -242,13 +242,18 @@ def demo(
     directory: Path = typer.Option(Path("demo"), "--dir", help="Folder for the demo fleet."),
     users: int = typer.Option(3000, "--users", min=10, help="How many users the app has."),
     seed: int = typer.Option(2019, "--seed", help="Random seed (the fleet is deterministic)."),
+    media: bool = typer.Option(
+        True, "--media/--no-media", help="Videos and avatars as files in local folders."
+    ),
 ) -> None:
     """Build the demo fleet of a short-video app, show its census, bring the data home."""
     from domicile.demo import build_demo
 
     console = _console()
     console.print(f"building the demo fleet in {directory} ({users:,} users) ...")
-    path = build_demo(directory, users=users, seed=seed, progress=lambda s: console.print(f"  {s}"))
+    path = build_demo(
+        directory, users=users, seed=seed, media=media, progress=lambda s: console.print(f"  {s}")
+    )
     console.print(f"data map written to {path}")
     m = load_map(path)
     result = _execute(console, m, _journal(m), RunOptions(workers=2), None)

@@ -340,6 +340,38 @@ def encode_value(value: Any, column_type: sa.types.TypeEngine[Any]) -> str:
     )
 
 
+class RowEncoder:
+    """The row encoding for one list of columns, with names and kinds worked out once.
+
+    A run digests every row three times (read, verify at home, compare before
+    delete); deciding each column's kind once per table instead of once per
+    value, and writing the row's JSON in one call, is most of the speed.
+    """
+
+    def __init__(self, columns: Sequence[sa.Column[Any]]):
+        ordered = sorted(columns, key=lambda c: c.name)
+        names = [c.name for c in ordered]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"column {dup!r} is listed twice")
+        self.names = names
+        self.kinds = [kind_of(c.type) for c in ordered]
+
+    def encode(self, row: Mapping[str, Any]) -> bytes:
+        """See :func:`encode_row`."""
+        pairs = [
+            [n, _normalize_kind(row[n], k)] for n, k in zip(self.names, self.kinds, strict=True)
+        ]
+        text = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # surrogatepass: a lone surrogate (which no engine stores) still digests,
+        # as bytes no valid character encodes to.
+        return text.encode("utf-8", "surrogatepass")
+
+    def digest(self, row: Mapping[str, Any]) -> bytes:
+        """See :func:`row_digest`."""
+        return hashlib.sha256(_ROW_PREFIX + self.encode(row)).digest()
+
+
 def encode_row(row: Mapping[str, Any], columns: Sequence[sa.Column[Any]]) -> bytes:
     """The canonical bytes a row digest hashes: ``[[name, value], ...]`` as JSON.
 
@@ -347,17 +379,7 @@ def encode_row(row: Mapping[str, Any], columns: Sequence[sa.Column[Any]]) -> byt
     values has one spelling, so the encoding is unambiguous.  Raises KeyError
     when *row* lacks a column (a missing value is never taken for NULL).
     """
-    pairs = []
-    seen: set[str] = set()
-    for column in sorted(columns, key=lambda c: c.name):
-        if column.name in seen:
-            raise ValueError(f"column {column.name!r} is listed twice")
-        seen.add(column.name)
-        name = json.dumps(column.name, ensure_ascii=False)
-        pairs.append(f"[{name},{encode_value(row[column.name], column.type)}]")
-    # surrogatepass: a lone surrogate (which no engine stores) still digests,
-    # as bytes no valid character encodes to.
-    return ("[" + ",".join(pairs) + "]").encode("utf-8", "surrogatepass")
+    return RowEncoder(columns).encode(row)
 
 
 def row_digest(row: Mapping[str, Any], columns: Sequence[sa.Column[Any]]) -> bytes:
@@ -366,7 +388,7 @@ def row_digest(row: Mapping[str, Any], columns: Sequence[sa.Column[Any]]) -> byt
     Pass the columns of the table the row was read from (reflected at that
     engine): each value is normalised by its own column's type.
     """
-    return hashlib.sha256(_ROW_PREFIX + encode_row(row, columns)).digest()
+    return RowEncoder(columns).digest(row)
 
 
 def row_digest_hex(row: Mapping[str, Any], columns: Sequence[sa.Column[Any]]) -> str:

@@ -106,11 +106,25 @@ def print_census(
 
 
 class _RateColumn(ProgressColumn):
-    """Rows per second of a task."""
+    """Rows (or bytes) per second of a task."""
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:>9,.0f} rows/s" if speed else "")
+        if not speed:
+            return Text("")
+        if task.fields.get("unit") == "bytes":
+            return Text(f"{human_bytes(speed):>10}/s")
+        return Text(f"{speed:>9,.0f} rows/s")
+
+
+class _CountColumn(ProgressColumn):
+    """Done / total, in rows or bytes."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "bytes":
+            return Text(human_bytes(task.completed))
+        total = f"/{task.total:,.0f}" if task.total else ""
+        return Text(f"{task.completed:,.0f}{total}")
 
 
 class RunProgress:
@@ -121,7 +135,6 @@ class RunProgress:
 
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TaskProgressColumn,
             TextColumn,
@@ -141,7 +154,7 @@ class RunProgress:
             self.bars = Progress(
                 TextColumn("{task.description:<28}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                _CountColumn(),
                 TaskProgressColumn(),
                 _RateColumn(),
                 TimeRemainingColumn(),
@@ -164,8 +177,9 @@ class RunProgress:
         self.done[key] = self.done.get(key, 0) + rows
         if self.bars is not None:
             if key not in self.tasks:
-                total = self.totals.get(dataset) or None
-                self.tasks[key] = self.bars.add_task(f"{event} {dataset}", total=total)
+                unit = "bytes" if event == "bytes" else "rows"
+                total = None if unit == "bytes" else (self.totals.get(dataset) or None)
+                self.tasks[key] = self.bars.add_task(f"{event} {dataset}", total=total, unit=unit)
             self.bars.update(self.tasks[key], advance=rows)
         else:
             self._plain()
@@ -178,6 +192,9 @@ class RunProgress:
         elapsed = max(now - self._start, 1e-6)
         parts = []
         for (event, dataset), n in sorted(self.done.items()):
+            if event == "bytes":
+                parts.append(f"{dataset} {human_bytes(n)}")
+                continue
             total = self.totals.get(dataset)
             of = f"/{total:,}" if total else ""
             parts.append(f"{event} {dataset} {n:,}{of}")

@@ -98,6 +98,7 @@ class Mover:
         local_dir = ctx.fleet.location(m.subjects.dataset, source.store.name)
         self.annotated = annotate(m, source, dataset, local_dir)
         self.blobs = BlobMover(ctx, dataset) if dataset.blobs is not None else None
+        self._homes: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -152,9 +153,15 @@ class Mover:
         return c
 
     def _targets(self, row: Any) -> tuple[str, ...]:
-        m = self.ctx.map
         countries = owner_countries(row, self.annotated.owners, self.ctx.directory)
         flags = matched_waivers(row, self.annotated.waivers)
+        key = (*countries, flags)
+        if key not in self._homes:  # few distinct (countries, exceptions) per table
+            self._homes[key] = self._homes_for(countries, flags)
+        return self._homes[key]
+
+    def _homes_for(self, countries: list[str], flags: frozenset[int]) -> tuple[str, ...]:
+        m = self.ctx.map
         verdict = classify(m, self.store, self.ds, countries, flags, self.ctx.today)
         if verdict.status != "violating":
             return ()

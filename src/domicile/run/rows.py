@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 
-from domicile.digest import row_digest
+from domicile.digest import RowEncoder
 
 KEY_CHUNK = 500  # keys per IN-list: under every engine's parameter limit
 
@@ -84,10 +85,14 @@ def select_by_keys(
     return found
 
 
+@lru_cache(maxsize=256)
+def _encoder(columns: tuple[sa.Column[Any], ...]) -> RowEncoder:
+    return RowEncoder(columns)
+
+
 def digest_hex(values: Mapping[str, Any], columns: Iterable[sa.Column[Any]]) -> str:
     """Hex content digest of a row over the given columns (engine independent)."""
-    cols = list(columns)
-    return row_digest({c.name: values.get(c.name) for c in cols}, cols).hex()
+    return _encoder(tuple(columns)).digest(values).hex()
 
 
 def shared_columns(source: sa.Table, target: sa.Table) -> list[sa.Column[Any]]:

@@ -1,0 +1,214 @@
+"""End to end with media: objects move home with their rows, in local folders and S3 buckets.
+
+The media demo (SQLite stores and object stores beside them: videos named by
+``videos.media_key`` and avatars as an object dataset ``avatars/{owner}/*``)
+is run as it is (local -> local), with every object store turned into a
+bucket on the session's SeaweedFS (S3 -> S3), with the legacy media local and
+the homes in S3 (local -> S3), and with ``media_key`` holding full URLs (they
+must be rewritten at home to the home store's URL).  Each time: the objects
+end exactly where the rule puts them with their bytes unchanged (computed
+independently in mediakit), the rows at home name them, nothing of a
+jurisdiction's subjects is left abroad, and the rest is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from domicile.cli import run_cli
+from domicile.datamap import load_map
+from domicile.demo import build_demo
+from domicile.fleet import Fleet
+from invariants import check_invariants, snapshot
+from mediakit import (
+    TWIN,
+    add_video,
+    assert_objects,
+    check_rows_point_home,
+    expected_objects,
+    hidden_leftovers,
+    keys_to_urls,
+    media_to_s3,
+    object_snapshot,
+    object_url,
+    users_of,
+)
+
+HOME_MEDIA = ["media-us", "media-ca", "media-au", "media-nz"]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = run_cli(list(args))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _scan_json(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, dict[str, Any]]:
+    code = run_cli(["scan", "--json", "-c", str(path)])
+    out = capsys.readouterr()
+    return code, json.loads(out.out)
+
+
+def _videos(path: Path) -> dict[int, dict[str, dict[str, Any]]]:
+    """Video id -> SQL store -> the row (plain values)."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    with Fleet(load_map(path)) as fleet:
+        for loc in fleet.locations("videos"):
+            with loc.store.engine.connect() as conn:
+                for row in conn.execute(sa.select(loc.table)).mappings():
+                    out.setdefault(row["id"], {})[loc.store.name] = dict(row)
+    return out
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+VARIANTS = {
+    # name: (object stores moved into S3: None = none, "all", or "homes"), URLs in media_key
+    "local": (None, False),
+    "s3": ("all", False),
+    "local-to-s3": ("homes", False),
+    "urls-local": (None, True),
+    "urls-s3": ("all", True),
+    "urls-local-to-s3": ("homes", True),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_media_moves_home_with_rows(tmp_path, capsys, request, variant):
+    where, urls = VARIANTS[variant]
+    path = build_demo(tmp_path / "demo", users=60, seed=5, media=True)
+    if where is not None:
+        server = request.getfixturevalue("s3_server")
+        media_to_s3(path, server, None if where == "all" else HOME_MEDIA)
+    if urls:
+        assert keys_to_urls(path) > 0
+    m = load_map(path)
+    # a US user's video whose file was lost: an orphan blob; the row still moves
+    lost_owner = users_of(path, "US", "sg-main")[0]
+    lost_key = f"videos/{lost_owner}/lost.mp4"
+    lost_value = object_url(m.stores["media-sg"], lost_key) if urls else lost_key
+    lost_id = add_video(path, "sg-main", lost_owner, lost_value)
+
+    assert _run(capsys, "check", "-c", str(path))[0] == 0
+    code, census = _scan_json(capsys, path)
+    assert code == 3 and census["violations"] > 0
+    orphans = {(o["store"], o["dataset"]): o["records"] for o in census["orphans"]}
+    assert orphans[("sg-main", "videos.media_key")] == 1
+
+    rows_before, videos_before = snapshot(path), _videos(path)
+    objects_before = object_snapshot(path)
+    expected = expected_objects(path, objects_before)
+    moving = {
+        (s, k) for s, keys in objects_before.items() for k in keys if k not in expected[s]
+    }
+    # both shapes move, out of both legacy stores; public videos' objects stay
+    assert {k.split("/")[0] for _, k in moving} == {"avatars", "videos"}
+    assert {s for s, _ in moving} == {"media-sg", "media-us-va"}
+
+    code, out = _run(capsys, "run", "--batch-size", "25", "-c", str(path))
+    assert code == 0, out
+
+    objects_after = object_snapshot(path)
+    # every moved object is home with its bytes; unrestricted, unknown and public ones untouched
+    assert_objects(expected, objects_after)
+    assert not hidden_leftovers(objects_after)
+    # the rows name their objects where they now are
+    checked = check_rows_point_home(path, objects_after, orphan_keys=[lost_key])
+    assert checked == sum(1 for v in _videos(path).values() for r in v.values() if r["media_key"])
+    rows_after, videos_after = snapshot(path), _videos(path)
+    moved_videos = {
+        ("videos", (vid,)) for vid, places in videos_after.items() if set(places) != set(videos_before[vid])
+    }
+    # a URL rewritten at home changes the row's digest: those rows are compared below
+    check_invariants(path, rows_before, rows_after, changed_by_app=moved_videos if urls else set())
+    for vid, places in videos_after.items():
+        (store, row), = places.items()
+        (old_store, old), = videos_before[vid].items()
+        assert {k: v for k, v in row.items() if k != "media_key"} == {
+            k: v for k, v in old.items() if k != "media_key"
+        }
+        if not urls or store == old_store or old["media_key"] is None or vid == lost_id:
+            assert row["media_key"] == old["media_key"], vid
+        else:
+            key = old["media_key"].split("/videos/", 1)[1]
+            assert row["media_key"] == object_url(m.stores[TWIN[store]], f"videos/{key}"), vid
+    # the orphan's row went home and still names its (missing) object
+    assert set(videos_after[lost_id]) == {"us-tx"}
+    assert videos_after[lost_id]["us-tx"]["media_key"] == lost_value
+
+    code, census = _scan_json(capsys, path)
+    assert code == 0 and census["violations"] == 0, census
+    orphans = {(o["store"], o["dataset"]): o["records"] for o in census["orphans"]}
+    assert orphans.get(("us-tx", "videos.media_key")) == 1
+    assert ("sg-main", "videos.media_key") not in orphans
+    # a second run has nothing to do and changes nothing
+    code, out = _run(capsys, "run", "-c", str(path))
+    assert code == 0, out
+    assert object_snapshot(path) == objects_after
+    assert snapshot(path) == rows_after
+
+
+def test_scope_moves_only_the_named_jurisdictions_objects(tmp_path, capsys):
+    path = build_demo(tmp_path / "demo", users=60, seed=6, media=True)
+    before = object_snapshot(path)
+    expected = expected_objects(path, before, scope=["US"])
+    assert expected != before
+    code, out = _run(capsys, "run", "-j", "US", "-c", str(path))
+    assert code == 0, out
+    after = object_snapshot(path)
+    assert_objects(expected, after)
+    assert expected_objects(path, after, scope=["CA"]) != after  # CA's objects still abroad
+
+
+# -- bad input: a store that cannot be reached -------------------------------------------
+
+
+def _break(path: Path, store: str, problem: str, server: Any) -> None:
+    data = yaml.safe_load(path.read_text())
+    entry = data["stores"][store]
+    if problem == "credentials":
+        entry["options"]["secret"] = "not-the-secret"
+    elif problem == "bucket":
+        entry["url"] = "s3://no-such-bucket-for-domicile"
+    else:
+        entry["options"]["endpoint_url"] = f"http://127.0.0.1:{_closed_port()}"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+MESSAGES = {
+    "credentials": ("check the key and secret",),
+    "bucket": ("bucket 'no-such-bucket-for-domicile' does not exist", "create the bucket"),
+    "endpoint": ("cannot reach the S3 endpoint", "endpoint_url"),
+}
+
+
+@pytest.mark.parametrize("store", ["media-sg", "media-us"], ids=["legacy", "home"])
+@pytest.mark.parametrize("problem", list(MESSAGES))
+def test_unreachable_object_store_is_bad_input_and_nothing_moves(
+    tmp_path, capsys, s3_server, problem, store
+):
+    path = build_demo(tmp_path / "demo", users=20, seed=7, media=True)
+    media_to_s3(path, s3_server)
+    good = path.read_text()
+    rows, objects = snapshot(path), object_snapshot(path)
+    _break(path, store, problem, s3_server)
+    for command in ("check", "scan", "run"):
+        code, out = _run(capsys, command, "-c", str(path))
+        assert code == 2, (command, out)
+        assert store in out and "Traceback" not in out, (command, out)
+        for words in MESSAGES[problem]:
+            assert words in out, (command, out)
+    path.write_text(good)
+    assert snapshot(path) == rows
+    assert object_snapshot(path) == objects
