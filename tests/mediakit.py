@@ -72,9 +72,10 @@ def store_objects(store: Store) -> dict[str, str]:
         return out
     fs = s3fs_for(store.options)
     base = _bucket_path(store.url)
-    for path in fs.find(base):
-        key = path[len(base) + 1 :]
-        out[key] = hashlib.sha256(fs.cat_file(path)).hexdigest()
+    paths = fs.find(base)
+    for start in range(0, len(paths), 200):  # fetched concurrently, a few MB at a time
+        for full, data in fs.cat(paths[start : start + 200]).items():
+            out[full[len(base) + 1 :]] = hashlib.sha256(data).hexdigest()
     return out
 
 
@@ -136,10 +137,9 @@ def media_to_s3(path: Path, server: Any, names: Iterable[str] | None = None) -> 
         bucket = server.make_bucket()
         root = Path(store.url.removeprefix("file://"))
         if root.is_dir():
-            for folder, _dirs, files in os.walk(root):
-                for name in files:
-                    full = Path(folder, name)
-                    fs.put_file(str(full), f"{bucket}/{full.relative_to(root).as_posix()}")
+            files = [Path(f, n) for f, _dirs, names in os.walk(root) for n in names]
+            remote = [f"{bucket}/{f.relative_to(root).as_posix()}" for f in files]
+            fs.put([str(f) for f in files], remote)  # uploaded concurrently
             for folder, dirs, files in os.walk(root, topdown=False):
                 for name in files:
                     Path(folder, name).unlink()
