@@ -230,3 +230,29 @@ def test_plan_json(tmp_path, make_db, capsys):
     assert plan["records"] == sum(m["records"] for m in plan["moves"])
     assert plan["copy_order"][0] == "users"
     assert Path(out_file).exists()
+
+
+def test_missing_home_tables_are_created_with_their_reference_tables(tmp_path, capsys):
+    path = build_demo(tmp_path / "demo", users=120, seed=8, media=False)
+    m = load_map(path)
+    au = m.stores["au-syd"].url[len("sqlite:///") :]
+    con = sqlite3.connect(au)  # a plain connection: foreign keys are not enforced
+    con.execute("DROP TABLE videos")
+    con.execute("DROP TABLE sounds")
+    con.commit()
+    con.close()
+    before = snapshot(path)
+    code, out = _run(capsys, "run", "-c", str(path))
+    assert code == 0, out
+    check_invariants(path, before, snapshot(path))
+    sqlite_foreign_keys_hold(m)
+    con = sqlite3.connect(au)
+    moved = con.execute("SELECT count(*) FROM videos").fetchone()[0]
+    missing_refs = con.execute(
+        "SELECT count(*) FROM videos v WHERE v.sound_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM sounds s WHERE s.id = v.sound_id)"
+    ).fetchone()[0]
+    fks = con.execute("PRAGMA foreign_key_list(videos)").fetchall()
+    con.close()
+    assert moved > 0 and missing_refs == 0
+    assert any(fk[2] == "sounds" for fk in fks)  # the created table kept its foreign key

@@ -158,18 +158,22 @@ class RunContext:
             if (ds.name, store) in self._targets:
                 return self._targets[(ds.name, store)]
             sql = self.fleet.sql[store]
-            if not sql.has_table(ds.table):
-                if source is None:
-                    raise ConfigError(f"table {ds.table} is missing at {store}")
+            if source is None and not sql.has_table(ds.table):
+                raise ConfigError(f"table {ds.table} is missing at {store}")
+            if source is not None:
+                # the dataset's table and the reference tables its rows point to
                 refs = [
                     source.store.table(t)
                     for t in self._reference_closure(source.store, source.table)
                 ]
-                copy_tables([*refs, source.table], sql.engine)
-                sql.forget(ds.table)
-                for d in self.map.datasets.values():
-                    if d.table in {ds.table, *(t.name for t in refs)}:
-                        self.fleet.refresh(d.name)
+                wanted = [*refs, source.table]
+                if not all(sql.has_table(t.name) for t in wanted):
+                    copy_tables(wanted, sql.engine)  # existing tables are left untouched
+                    for t in wanted:
+                        sql.forget(t.name)
+                    for d in self.map.datasets.values():
+                        if d.table in {t.name for t in wanted}:
+                            self.fleet.refresh(d.name)
             table = sql.table(ds.table)
             if source is not None:
                 missing = missing_columns(source.table, table)
