@@ -600,6 +600,14 @@ def bench(backend: str, rows: int, args: argparse.Namespace) -> Result:
                     f"source {source}, home {home}"
                 )
             say(f"  checked: source empty, home holds {home}")
+            con = sqlite3.connect(workdir / "state.db")
+            try:
+                batches, passes = con.execute(
+                    "SELECT count(*), max(pass_no) FROM domicile_batches"
+                ).fetchone()
+            finally:
+                con.close()
+            say(f"  journal: {batches} batches in {passes} pass(es); counts {move.counts}")
             if profile is not None:
                 show_profile(profile, args)
                 if args.keep_profile:
@@ -608,6 +616,21 @@ def bench(backend: str, rows: int, args: argparse.Namespace) -> Result:
                     shutil.copyfile(profile, keep)
                     say(f"  profile saved as {keep}")
     return Result(backend, total, floor_s, move)
+
+
+def revision() -> str:
+    """The commit of the code measured (``-dirty`` when the work tree has changes)."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown revision"
+    return done.stdout.strip()
 
 
 def loadavg() -> str:
@@ -672,6 +695,7 @@ def main(argv: list[str] | None = None) -> None:
         child(args)
         return
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    say(f"domicile at {revision()}, {os.cpu_count()} CPUs, load average {loadavg()}")
     results = [bench(b, rows, args) for b in backends for rows in args.rows]
     table(results)
 

@@ -19,9 +19,9 @@ from domicile.placement import home_store
 from domicile.scan import Census
 
 DEFAULT_BATCH_SIZE = 2000
-# Rows per second assumed for the time estimate: measured by benchmarks/move.py
+# Rows per second assumed for the time estimate: what benchmarks/move.py measured
 # on SQLite -> SQLite on 2 cores (see the README); a run prints its real rate.
-DEFAULT_RATE = 20_000.0
+DEFAULT_RATE = 4_000.0
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,14 @@ def scan_blobs(
     ds: Dataset,
     loc: Location,
     today: dt.date,
+    locator: BlobLocator | None = None,
 ) -> None:
-    """Count the objects a SQL dataset's rows in *loc* name, by their owners' rule."""
+    """Count the objects a SQL dataset's rows in *loc* name, by their owners' rule.
+
+    Pass one *locator* for every location of the dataset: it lists each
+    candidate object store once, where a fresh one per location lists them all
+    again for every SQL store holding the dataset.
+    """
     from domicile.scan import add, annotate, matched_waivers, owner_countries
 
     assert ds.blobs is not None
@@ -88,7 +94,7 @@ def scan_blobs(
     column = loc.table.c[ds.blobs.column]
     local_dir = fleet.location(m.subjects.dataset, loc.store.name)
     a = annotate(m, loc, ds, local_dir)
-    locator = BlobLocator(fleet, ds, listing=True)
+    locator = locator or BlobLocator(fleet, ds, listing=True)
     q = (
         sa.select(column.label("_dm_blob"), *a.columns)
         .select_from(a.from_)

@@ -9,6 +9,7 @@ from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,5 +31,16 @@ def state_engine(url: str, base: Path) -> sa.Engine:
     url = resolve_sqlite_url(url, base)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _record: Any) -> None:
+            # WAL: one write per commit instead of two; synchronous stays FULL so a
+            # journalled state survives a power cut, not only a killed process
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        return engine
     return sa.create_engine(url, pool_pre_ping=True)

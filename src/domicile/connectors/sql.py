@@ -153,6 +153,7 @@ class SqlStore:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
                 cur.close()
 
             return engine

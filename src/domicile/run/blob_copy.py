@@ -11,12 +11,16 @@ transaction that writes the row at home.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
 
 from domicile.blobs import BlobLocator, is_url
 from domicile.connectors.objects import ObjectStore
-from domicile.errors import ConfigError, VerificationError
+from domicile.errors import ConfigError, ConflictError, VerificationError
 from domicile.model import Dataset
+from domicile.run.journal import batch_rows
 
 if TYPE_CHECKING:
     from domicile.run.executor import RunContext
@@ -75,12 +79,20 @@ class BlobMover:
         return home.url_for(blob["key"]) if blob["url"] else str(blob["key"])
 
     def copy(self, blob: dict[str, Any], sql_target: str) -> dict[str, Any]:
-        """Stream the object to its home (same key); returns the blob with its SHA-256."""
+        """Stream the object to its home (same key); returns the blob with its SHA-256.
+
+        An object already at home under the key is never overwritten silently
+        (see :meth:`_already_home`).
+        """
         home_name = self.home_store(sql_target)
         out = dict(blob, home=home_name)
         if blob["store"] == home_name:
             out["sha256"] = self._store(home_name).sha256(blob["key"])
             return out
+        if self._store(home_name).stat(blob["key"]) is not None:
+            decided = self._already_home(blob, home_name)
+            if decided is not None:
+                return dict(out, **decided)
         result = self._store(home_name).copy_from(
             self._store(blob["store"]), blob["key"], blob["key"]
         )
@@ -90,6 +102,48 @@ class BlobMover:
         self.counts["blob_bytes"] += result.size
         self.ctx.progress("bytes", self.ds.name, result.size)
         return out
+
+    def _already_home(self, blob: dict[str, Any], home_name: str) -> dict[str, Any] | None:
+        """Decide about an object that is already at home; None: copy over it.
+
+        The same bytes: nothing to copy (a resumed copy).  Different bytes
+        that domicile copied there itself (the journal says so): a stale copy,
+        replaced.  Otherwise the application wrote it there (new writes routed
+        home first): a conflict that ``on_conflict`` decides, as for rows.
+        """
+        home, key = self._store(home_name), blob["key"]
+        at_home = home.sha256(key)
+        if at_home == self._store(blob["store"]).sha256(key):
+            return {"sha256": at_home}
+        strategy = self.ctx.map.on_conflict
+        if strategy == "overwrite" or self._copied_before(key, home_name, at_home):
+            return None
+        if strategy == "keep-home":
+            return {"sha256": at_home, "kept_home": True}
+        raise ConflictError(
+            f"object {key} (named by {self.ds.name}.{self.column}) is already at {home_name} "
+            "with different content; nothing was overwritten or deleted",
+            where=f"dataset {self.ds.name}",
+            hint="compare both; set on_conflict: keep-home or overwrite in the map, then "
+            "resume the run",
+        )
+
+    def _copied_before(self, key: str, home_name: str, digest: str) -> bool:
+        """True when a journalled blob says domicile copied exactly these bytes of *key* home."""
+        c = batch_rows.c
+        q = sa.select(c.blob).where(
+            c.dataset == self.ds.name, c.blob.contains(json.dumps(key), autoescape=True)
+        )
+        with self.ctx.journal.engine.connect() as conn:
+            for (text,) in conn.execute(q):
+                done = json.loads(text)
+                if (done.get("key"), done.get("home"), done.get("sha256")) == (
+                    key,
+                    home_name,
+                    digest,
+                ):
+                    return True
+        return False
 
     def verify(self, blob: dict[str, Any]) -> None:
         """The object at home must have the SHA-256 of what was copied."""
@@ -117,6 +171,10 @@ class BlobMover:
             return "deleted"
         src = self._store(blob["store"])
         version = blob["version"]
+        if blob.get("kept_home"):  # home's own object won: never copy over it
+            if src.delete_if_unchanged(blob["key"], version):
+                return "deleted"
+            return "gone" if src.stat(blob["key"]) is None else "changed"
         for _ in range(RECOPY_ATTEMPTS):
             if src.delete_if_unchanged(blob["key"], version):
                 return "deleted"
@@ -134,6 +192,8 @@ class BlobMover:
         home_name = blob.get("home")
         if not home_name or home_name == blob["store"] or not blob.get("sha256"):
             return
+        if blob.get("kept_home"):
+            return  # the application's object, not a copy domicile made
         home = self._store(home_name)
         info = home.stat(blob["key"])
         if info is not None and home.sha256(blob["key"]) == blob["sha256"]:

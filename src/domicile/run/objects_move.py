@@ -118,13 +118,23 @@ class ObjectMover:
         self.ctx.emit("batch.verified", batch, count=len(rows))
 
     def delete(self, batch: BatchRecord) -> int:
-        """Delete each source object whose version is still the one copied; ``done``."""
+        """Delete each source object whose version is still the one copied; ``done``.
+
+        Objects the application deleted after the copy are journalled
+        (``vanished``) *before* ``deleting``: a resume then tells them from
+        domicile's own deletes, and their home copies are removed rather than
+        kept (a deleted object never comes back).
+        """
         journal = self.ctx.journal
         resumed = batch.state == "deleting"
         if not resumed:
+            gone = [r for r in journal.rows(batch.id) if r.status is None and not self._exists(r)]
+            journal.set_row_status(batch.id, [r.key for r in gone], "vanished")
             journal.transition(batch.id, "deleting")
-        rows = [r for r in journal.rows(batch.id) if r.status is None]
-        deleted, changed, vanished = 0, [], []
+        all_rows = journal.rows(batch.id)
+        rows = [r for r in all_rows if r.status is None]
+        deleted, changed = 0, []
+        vanished = [r for r in all_rows if r.status == "vanished"]
         for r in rows:
             assert r.blob is not None
             key = r.key[0]
@@ -132,9 +142,9 @@ class ObjectMover:
                 deleted += 1
             elif self.source.stat(key) is None:
                 if resumed:
-                    deleted += 1  # most likely domicile's own delete before the crash
+                    deleted += 1  # domicile's own delete before the crash
                 else:
-                    vanished.append(r)  # the application deleted it after the copy
+                    vanished.append(r)  # the application deleted it just now
             else:
                 changed.append(r)  # overwritten after the copy: the next pass moves it
         for r in vanished:
@@ -150,6 +160,9 @@ class ObjectMover:
             "batch.deleted", batch, count=deleted, changed=len(changed), vanished=len(vanished)
         )
         return deleted
+
+    def _exists(self, r: BatchRow) -> bool:
+        return self.source.stat(r.key[0]) is not None
 
     # by id, for the executor's retries
     def copy_batch(self, batch_id: int) -> None:

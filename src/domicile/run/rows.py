@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from domicile.digest import RowEncoder
 
@@ -31,6 +32,23 @@ def key_in(
     if len(cols) == 1:
         return cols[0].in_([k[0] for k in keys])
     return sa.tuple_(*cols).in_([tuple(k) for k in keys])
+
+
+def key_in_for(
+    dialect: str, table: sa.Table, key: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> sa.ColumnElement[bool]:
+    """:func:`key_in`, as ``= ANY(array)`` on PostgreSQL for a one-column key.
+
+    One array parameter keeps the statement text the same for every batch, so
+    neither SQLAlchemy nor the server compiles it again (an IN-list of 500
+    placeholders was half the cost of these look-ups there).
+    """
+    cols = key_columns(table, key)
+    if dialect == "postgresql" and len(cols) == 1:
+        values = [k[0] for k in keys]
+        param = sa.bindparam("_dm_keys", values, type_=postgresql.ARRAY(cols[0].type))
+        return cols[0] == sa.any_(param)
+    return key_in(table, key, keys)
 
 
 def key_after(table: sa.Table, key: Sequence[str], after: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -76,7 +94,7 @@ def select_by_keys(
     """The rows with these keys, by key (chunked IN-lists; optionally locked)."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for chunk in chunks(list(keys)):
-        q = sa.select(table).where(key_in(table, key, chunk))
+        q = sa.select(table).where(key_in_for(conn.dialect.name, table, key, chunk))
         if for_update and conn.dialect.name != "sqlite":
             q = q.with_for_update()
         for row in conn.execute(q).mappings():
