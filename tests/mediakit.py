@@ -39,17 +39,27 @@ TWIN = {s.name: s.media for s in STORES}  # demo SQL store -> the object store b
 # -- reading objects, independently of domicile ------------------------------------------
 
 
+_FILESYSTEMS: dict[tuple[Any, ...], Any] = {}
+
+
 def s3fs_for(options: Mapping[str, Any]) -> Any:
-    """An uncached s3fs filesystem for a map store's S3 options."""
+    """An s3fs filesystem for a map store's S3 options (one per endpoint and credentials).
+
+    Its listings are never cached: every call sees the bucket as it is now.
+    """
     import s3fs
 
-    return s3fs.S3FileSystem(
-        key=options.get("key"),
-        secret=options.get("secret"),
-        endpoint_url=options.get("endpoint_url"),
-        client_kwargs={"region_name": options.get("region", "us-east-1")},
-        skip_instance_cache=True,
-    )
+    ident = tuple(options.get(k) for k in ("endpoint_url", "key", "secret", "region"))
+    if ident not in _FILESYSTEMS:
+        _FILESYSTEMS[ident] = s3fs.S3FileSystem(
+            key=options.get("key"),
+            secret=options.get("secret"),
+            endpoint_url=options.get("endpoint_url"),
+            client_kwargs={"region_name": options.get("region", "us-east-1")},
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+    return _FILESYSTEMS[ident]
 
 
 def _bucket_path(url: str) -> str:
@@ -106,6 +116,14 @@ def write_object(store: Store, key: str, data: bytes) -> None:
     s3fs_for(store.options).pipe_file(f"{_bucket_path(store.url)}/{key}", data)
 
 
+def delete_object(store: Store, key: str) -> None:
+    """Delete an object as the application would."""
+    if store.url.startswith("file://"):
+        Path(store.url.removeprefix("file://"), key).unlink()
+        return
+    s3fs_for(store.options).rm_file(f"{_bucket_path(store.url)}/{key}")
+
+
 def object_url(store: Store, key: str) -> str:
     """The full URL of *key* in *store*, as domicile writes them (raw, not percent-encoded)."""
     return f"{store.url.rstrip('/')}/{key}"
@@ -129,7 +147,7 @@ def media_to_s3(path: Path, server: Any, names: Iterable[str] | None = None) -> 
     endpoint and credentials as ``options``.  Returns store -> bucket.
     """
     m = load_map(path)
-    fs = server.s3fs()
+    fs = s3fs_for(server.options)
     buckets: dict[str, str] = {}
     for store in m.object_stores():
         if names is not None and store.name not in names:
@@ -138,8 +156,12 @@ def media_to_s3(path: Path, server: Any, names: Iterable[str] | None = None) -> 
         root = Path(store.url.removeprefix("file://"))
         if root.is_dir():
             files = [Path(f, n) for f, _dirs, names in os.walk(root) for n in names]
-            remote = [f"{bucket}/{f.relative_to(root).as_posix()}" for f in files]
-            fs.put([str(f) for f in files], remote)  # uploaded concurrently
+            for start in range(0, len(files), 200):  # uploaded concurrently
+                part = {
+                    f"{bucket}/{f.relative_to(root).as_posix()}": f
+                    for f in files[start : start + 200]
+                }
+                fs.pipe({remote: f.read_bytes() for remote, f in part.items()})
             for folder, dirs, files in os.walk(root, topdown=False):
                 for name in files:
                     Path(folder, name).unlink()
@@ -249,7 +271,7 @@ def _video_owners(fleet: Fleet, m: DataMap) -> dict[tuple[str, str], tuple[Any, 
 
 
 def expected_objects(path: Path, now: Objects, scope: Iterable[str] | None = None) -> Objects:
-    """Where every object of *now* must be after a run over *scope* (default: every jurisdiction)."""
+    """Where every object of *now* must be after a run over *scope* (default: all jurisdictions)."""
     m = load_map(path)
     wanted = set(scope) if scope is not None else set(m.jurisdictions)
     with Fleet(m) as fleet:
