@@ -406,6 +406,7 @@ def scan(
     census.waivers = list(uses.values())
     directory = Directory(fleet)
     names = list(datasets) if datasets is not None else list(m.datasets)
+    from domicile.blobs import BlobLocator
     from domicile.scan_objects import scan_blobs, scan_object_dataset
 
     for name in names:
@@ -415,12 +416,14 @@ def scan(
         if not ds.is_sql:
             scan_object_dataset(fleet, census, directory, uses, ds, today)
             continue
+        # one listing of each object store per dataset, shared by its SQL stores
+        locator = BlobLocator(fleet, ds, listing=True) if ds.blobs is not None else None
         for loc in fleet.locations(name):
             if progress:
                 progress(f"{name} in {loc.store.name}")
             _scan_location(fleet, census, directory, uses, ds, loc, today)
-            if ds.blobs is not None:
-                scan_blobs(fleet, census, directory, ds, loc, today)
+            if locator is not None:
+                scan_blobs(fleet, census, directory, ds, loc, today, locator=locator)
     if m.subjects.dataset not in names:
         _count_unknown_countries(fleet, census)
     return census

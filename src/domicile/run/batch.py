@@ -124,15 +124,18 @@ class Mover:
                 r[f"_dm_u{k}"] for r in rows for k in range(self.annotated.owners)
             )
             for r in rows:
+                after = tuple(r[k] for k in self.key)
+                page.hi = after
                 homes = self._targets(r)
                 if homes:
                     values = {n: r[n] for n in names}
                     page.rows.append(self._candidate(values, homes))
-            after = tuple(rows[-1][k] for k in self.key)
-            page.hi = after
-            if len(rows) < page_size:
-                page.exhausted = True
-                break
+                    if len(page.rows) >= want:
+                        break  # the batch is full: it ends at this key
+            else:
+                if len(rows) < page_size:
+                    page.exhausted = True
+                    break
         return page
 
     def _candidate(self, values: dict[str, Any], homes: tuple[str, ...]) -> Candidate:
