@@ -168,6 +168,10 @@ def _command(binary: Path, workdir: Path, ports: dict[str, int]) -> list[str]:
         f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}",
         f"-s3.port={ports['s3']}",
+        # Every bucket is a collection that takes ~8 volumes at once; the default
+        # limit (free disk / 128 MB) ran out after ~70 buckets with "internal
+        # error" on PutObject. Volumes are created empty, so a high cap is cheap.
+        "-volume.max=5000",
         # The admin server listens even with the UI off; a fixed default port
         # would collide between two sessions on one machine.
         f"-admin.port={ports['admin']}",
