@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
+from domicile.connectors.identity import MARKER_PREFIX
 from domicile.connectors.objects import TMP_MARK
 from domicile.countries import normalize_country
 from domicile.datamap import load_map
@@ -90,9 +91,16 @@ def store_objects(store: Store) -> dict[str, str]:
 
 
 def object_snapshot(path: Path) -> Objects:
-    """Every object of every object store of the map at *path*."""
+    """Every object of every object store of the map at *path* (but domicile's identity markers).
+
+    The markers under ``.domicile/`` are domicile's own, written by every run to
+    tell two names of one bucket apart (see domicile.connectors.identity).
+    """
     m = load_map(path)
-    return {s.name: store_objects(s) for s in m.object_stores()}
+    return {
+        s.name: {k: v for k, v in store_objects(s).items() if not k.startswith(MARKER_PREFIX)}
+        for s in m.object_stores()
+    }
 
 
 def hidden_leftovers(objects: Objects) -> list[tuple[str, str]]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from crashrun import command
 from domicile.datamap import load_map
 from domicile.demo import build_demo
-from domicile.run.journal import CRASH_ENV, Journal
+from domicile.run.journal import Journal
 from domicile.state import state_engine
 from invariants import check_invariants, snapshot, sqlite_foreign_keys_hold
 
@@ -20,13 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(path: Path, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop(CRASH_ENV, None)
-    if crash:
-        env[CRASH_ENV] = crash
     return subprocess.run(
-        [sys.executable, "-m", "domicile", *args, "-c", str(path)],
-        env=env,
+        command(*args, "-c", str(path), crash=crash),
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,8 +11,9 @@ import sqlalchemy as sa
 
 import fleetkit
 from conftest import POSTGRES
+from crashrun import command
 from domicile.datamap import load_map
-from domicile.run.journal import PAUSE_ENV, Journal
+from domicile.run.journal import Journal
 from domicile.state import state_engine
 from invariants import check_invariants, snapshot
 
@@ -46,21 +46,10 @@ def test_home_database_going_away_fails_clearly_and_resumes(tmp_path, make_db):
     assert us_db
     path = fleetkit.build(tmp_path, urls)
     before = snapshot(path)
-    env = {**os.environ, PAUSE_ENV: "verified:2:4"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "domicile",
-            "run",
-            "--batch-size",
-            "1",
-            "--retries",
-            "3",
-            "-c",
-            str(path),
-        ],
-        env=env,
+        command(
+            "run", "--batch-size", "1", "--retries", "3", "-c", str(path), pause="verified:2:4"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -96,7 +85,7 @@ def test_home_database_going_away_fails_clearly_and_resumes(tmp_path, make_db):
     assert "Traceback" not in out
     m = load_map(path)
     runs = Journal(state_engine(m.state, m.base_dir)).unfinished()
-    assert [r.status for r in runs] == ["incomplete"]
+    assert [r.status for r in runs] == ["failed"]  # stopped by an error: resumable
     # nothing was lost while the home was away
     mid = snapshot(path)
     for dataset, records in before.items():

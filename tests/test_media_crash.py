@@ -17,7 +17,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from crashrun import command
 from domicile.datamap import load_map
 from domicile.demo import build_demo
 from domicile.fleet import Fleet
-from domicile.run.journal import CRASH_ENV, PAUSE_ENV, BatchRecord, Journal
+from domicile.run.journal import BatchRecord, Journal
 from domicile.state import state_engine
 from invariants import check_invariants, snapshot
 from mediakit import (
@@ -49,19 +49,9 @@ pytestmark = pytest.mark.slow
 USERS, SEED, BATCH = 60, 21, "8"
 
 
-def _env(crash: str | None = None, pause: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, PAUSE_ENV)}
-    if crash:
-        env[CRASH_ENV] = crash
-    if pause:
-        env[PAUSE_ENV] = pause
-    return env
-
-
 def _cli(path: Path, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "domicile", *args, "-c", str(path)],
-        env=_env(crash),
+        command(*args, "-c", str(path), crash=crash),
         capture_output=True,
         text=True,
         timeout=300,
@@ -193,8 +183,7 @@ def _run_with_pause(
     """Start a run that pauses 5 s after the first verified batch of *dataset*; return it paused."""
     pause = f"verified:{occurrence('verified', dataset, 1)}:5"
     process = subprocess.Popen(
-        [sys.executable, "-m", "domicile", "run", "--batch-size", BATCH, "-c", str(path)],
-        env=_env(crash=crash, pause=pause),
+        command("run", "--batch-size", BATCH, "-c", str(path), crash=crash, pause=pause),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -13,6 +13,8 @@ import os
 import pickle
 import random
 import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -22,9 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domicile.connectors import objects
+from domicile.connectors.base import Capabilities, ObjectBackend
 from domicile.connectors.objects import (
     TMP_MARK,
+    LocalObjects,
     ObjectStore,
+    S3Objects,
     check_key,
     find_store,
     split_url,
@@ -446,3 +451,73 @@ def test_listing_spans_pages(object_store_factory: StoreFactory) -> None:
     for name in names:
         put(store, name, b"")
     assert sorted(keys(store, "p/")) == names
+
+
+# -- the backend seam ------------------------------------------------------------------
+
+
+def test_object_store_picks_the_backend_and_conforms(object_store_factory: StoreFactory) -> None:
+    store = object_store_factory()
+    backend = LocalObjects if object_store_factory.kind == "file" else S3Objects
+    assert type(store) is backend and isinstance(store, ObjectStore)
+    assert isinstance(store, ObjectBackend)
+    assert isinstance(store.capabilities, Capabilities) and store.capabilities.version_token
+    assert repr(store) == f"ObjectStore({store.name!r}, {store.root_url!r})"
+    clone = pickle.loads(pickle.dumps(store))
+    assert type(clone) is backend and clone.capabilities == store.capabilities
+    other = object_store_factory()
+    put(store, "k", b"bytes")
+    assert other.copy_from(store, "k", "k").server_side == store.capabilities.server_side_copy
+
+
+def test_a_backend_serves_only_its_own_scheme(tmp_path: Path) -> None:
+    assert LocalObjects("here", f"file://{tmp_path}").root == str(tmp_path)
+    assert S3Objects("there", "s3://bucket/p", {"key": "k"}).root_url == "s3://bucket/p"
+    for backend, url in ((LocalObjects, "s3://bucket"), (S3Objects, f"file://{tmp_path}")):
+        with pytest.raises(PermanentConnectorError, match="serves") as e:
+            backend("mixed", url)
+        assert e.value.where == "mixed"
+
+
+def test_importing_the_connector_loads_no_s3_driver() -> None:
+    # A map without S3 stores must not need (nor pay for) the s3 extra.
+    code = (
+        "import sys, domicile.connectors.objects as o; o.ObjectStore('b', 's3://b');"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'s3fs', 'boto3', 'botocore', 'aiobotocore', 'aiohttp', 'fsspec'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_put_stream_reports_what_it_wrote(object_store_factory: StoreFactory) -> None:
+    store = object_store_factory()
+    data = blob(3 * MiB + 5, seed=3)
+    result = store.put_stream("w/obj.bin", io.BytesIO(data))
+    assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert result.source_version is None and not result.server_side
+    assert store.stat("w/obj.bin") == objects.ObjectInfo(
+        "w/obj.bin", len(data), store.stat("w/obj.bin").version
+    )  # type: ignore[union-attr]
+
+
+def test_open_read_sees_the_version_it_opened(object_store_factory: StoreFactory) -> None:
+    store = object_store_factory()
+    put(store, "r.bin", b"first version")
+    before = store.stat("r.bin")
+    with store.open_read("r.bin") as reader:
+        assert reader.info == before
+        put(store, "r.bin", b"the second one")  # replaced while the reader is open
+        assert reader.read() == b"first version"
+    assert store.stat("r.bin") != before and read(store, "r.bin") == b"the second one"
+
+
+@pytest.mark.parametrize(
+    ("url", "full", "key"),
+    [("file:///", "file:///srv/k", "srv/k"), ("s3://bucket", "s3://bucket/srv/k", "srv/k")],
+    ids=["file", "s3"],
+)
+def test_urls_at_the_top_of_a_file_system_or_bucket(url: str, full: str, key: str) -> None:
+    store = ObjectStore("top", url)
+    assert store.url_for(key) == full and store.key_for(full) == key
+    assert store.key_for(url) is None  # the root itself is no object

@@ -19,11 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from domicile.connectors.sql import SqlStore
-from domicile.digest import kind_of, row_digest, storage_value
-from domicile.errors import PermanentConnectorError
-from domicile.model import Store
-from domicile.schema import (
+from domicile.connectors.schema import (
     copy_table_definition,
     copy_tables,
     missing_columns,
@@ -32,6 +28,10 @@ from domicile.schema import (
     target_type,
     timestamp_type,
 )
+from domicile.connectors.sql import SqlStore
+from domicile.digest import kind_of, row_digest, storage_value
+from domicile.errors import PermanentConnectorError
+from domicile.model import Store
 
 PAIRS = [
     ("sqlite", "postgresql"),

@@ -3,7 +3,7 @@
 One contract, run against real SQLite, PostgreSQL and MariaDB: values drawn by
 Hypothesis are written with SQLAlchemy Core into a table created from a
 portable MetaData, read back through ``SqlStore.table`` reflection (refined by
-:func:`domicile.schema.refine_reflected`), and compared with what was
+:func:`domicile.connectors.schema.refine_reflected`), and compared with what was
 written.  Where an engine legitimately hands a value back in another shape
 (0/1 for a boolean, a naive UTC timestamp, 32 hex digits for a UUID), the
 comparison goes through :func:`domicile.digest.encode_value`, the same
@@ -33,10 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
+from domicile.connectors.schema import refine_reflected, time_type, timestamp_type
 from domicile.connectors.sql import SqlStore
 from domicile.digest import encode_value, row_digest, storage_value
 from domicile.model import Store
-from domicile.schema import refine_reflected, time_type, timestamp_type
 
 UTC = dt.UTC
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from domicile import api
 from domicile.audit.cli import audit_app, keys_app
 from domicile.datamap import load_map
 from domicile.errors import (
@@ -21,7 +22,6 @@ from domicile.errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_VIOLATIONS,
-    ConfigError,
     DomicileError,
     exit_code_for,
 )
@@ -31,8 +31,8 @@ from domicile.plan import DEFAULT_BATCH_SIZE
 from domicile.render import RunProgress, print_census, print_plan, print_status
 from domicile.run.audit_events import RunAudit
 from domicile.run.executor import RunOptions, RunResult, execute, plan_for
-from domicile.run.journal import Journal
-from domicile.scan import scan as run_scan
+from domicile.run.executor import abandon as abandon_run
+from domicile.run.journal import Journal, RunRecord
 from domicile.state import state_engine
 
 app = typer.Typer(
@@ -62,26 +62,26 @@ def _err_console() -> Console:
 
 @app.command()
 def check(config: Path = ConfigOpt) -> None:
-    """Validate the data map and reach every store (one line per store)."""
+    """Validate the data map and reach every store (one line per store); changes nothing."""
     console = _console()
     m = load_map(config)
     console.print(
         f"data map {m.path}: valid ({len(m.stores)} stores, {len(m.datasets)} datasets, "
         f"{len(m.jurisdictions)} jurisdictions)"
     )
-    failed: DomicileError | None = None
-    with Fleet(m) as fleet:
-        for name, version, error in fleet.check_stores():
-            store = m.stores[name]
-            if error is None:
-                console.print(f"  ok    {name:<16} {store.display_url}  ({version})")
-            else:
-                console.print(f"  FAIL  {name:<16} {store.display_url}  {error.message}")
-                failed = failed or error
-        if failed is not None:
-            raise failed
-        fleet.validate()
-    console.print("every store reached; every dataset, owner path and column found")
+
+    def show(s: api.StoreCheck) -> None:
+        if s.error is None:
+            console.print(f"  ok    {s.name:<16} {s.display_url}  ({s.version})")
+        else:
+            console.print(f"  FAIL  {s.name:<16} {s.display_url}  {s.error.message}")
+
+    result = api.check(m, on_store=show)
+    for note in result.notes:
+        console.print(f"  note  {note}")
+    console.print(
+        "every store reached and distinct; every dataset, owner path, column and key found"
+    )
 
 
 @app.command()
@@ -91,8 +91,7 @@ def scan(
 ) -> None:
     """The census: where each jurisdiction's records sit, and which break the rule."""
     m = load_map(config)
-    with Fleet(m) as fleet:
-        census = run_scan(fleet)
+    census = api.scan(m)
     if as_json:
         sys.stdout.write(json.dumps(census.to_json(), indent=2) + "\n")
     else:
@@ -143,10 +142,21 @@ def run(
     retries: int = typer.Option(
         5, "--retries", min=1, help="Attempts at a step when a store fails transiently."
     ),
+    break_lease: bool = typer.Option(
+        False, "--break-lease", help="Take the run lease from a holder you know is gone."
+    ),
+    abandon: str | None = typer.Option(
+        None, "--abandon", help="Give up this unfinished run (it is never resumed)."
+    ),
 ) -> None:
     """Bring it home: copy, verify, compare-and-delete; resumable; then verify by scan."""
     m = load_map(config)
     console = _console()
+    if abandon is not None:
+        journal = _journal(m)
+        abandon_run(m, journal, abandon, RunAudit(m, journal.engine))
+        console.print(f"run {abandon} abandoned; a new run may start")
+        return
     if dry_run:
         with Fleet(m) as fleet:
             _, the_plan = plan_for(fleet, jurisdiction, batch_size)
@@ -154,19 +164,6 @@ def run(
         console.print("dry run: nothing was changed")
         raise typer.Exit(EXIT_BAD_INPUT if the_plan.blockers else EXIT_OK)
     journal = _journal(m)
-    if resume is None:
-        unfinished = journal.unfinished()
-        if unfinished:
-            last = unfinished[-1]
-            if sys.stdin.isatty() and typer.confirm(
-                f"run {last.id} ({last.status}) did not finish; resume it?", default=True
-            ):
-                resume = last.id
-            elif not sys.stdin.isatty():
-                raise ConfigError(
-                    f"run {last.id} did not finish ({last.status})",
-                    hint=f"resume it: domicile run --resume {last.id}",
-                )
     options = RunOptions(
         scope=jurisdiction or (),
         workers=workers,
@@ -174,6 +171,7 @@ def run(
         max_rows_per_second=max_rows_per_second,
         max_passes=max_passes,
         retries=retries,
+        break_lease=break_lease,
     )
     result = _execute(console, m, journal, options, resume)
     print_census(console, m, result.after, title=f"Census after run {result.run_id}")
@@ -184,6 +182,15 @@ def run(
     for reason in result.reasons:
         console.print(f"  incomplete: {reason}")
     raise typer.Exit(EXIT_OK if result.status == "done" else EXIT_INCOMPLETE)
+
+
+def _confirm_resume(record: RunRecord) -> bool:
+    """On a terminal, offer to resume an unfinished run; elsewhere, refuse (never guess)."""
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(
+        f"run {record.id} ({record.status}) did not finish; resume it?", default=True
+    )
 
 
 def _execute(
@@ -198,7 +205,15 @@ def _execute(
         totals[mv.dataset] = totals.get(mv.dataset, 0) + mv.records
     audit = RunAudit(m, journal.engine)
     with RunProgress(console, totals) as progress:
-        result = execute(m, journal, options, resume=resume, audit=audit, progress=progress)
+        result = execute(
+            m,
+            journal,
+            options,
+            resume=resume,
+            audit=audit,
+            progress=progress,
+            confirm_resume=_confirm_resume,
+        )
     if audit.created_keys:
         console.print(
             f"audit keys created in {audit.keys_dir} (keep audit.key secret; "
@@ -210,31 +225,21 @@ def _execute(
 @app.command()
 def status(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
     """Where runs stand: every run, or one run's batches by dataset and state."""
-    m = load_map(config)
-    print_status(_console(), _journal(m), run_id)
+    print_status(_console(), api.status(config, run_id))
 
 
 @app.command()
 def verify(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
     """A fresh scan: exit 0 when no record of the run's jurisdictions is out of place."""
     m = load_map(config)
-    journal = _journal(m)
-    scope: list[str] = list(m.jurisdictions)
-    if run_id is not None:
-        record = journal.run(run_id)
-        if record is None:
-            raise ConfigError(f"run '{run_id}' is not in the journal")
-        scope = list(record.scope)
-    with Fleet(m) as fleet:
-        census = run_scan(fleet)
+    result = api.verify(m, run_id)
     console = _console()
-    print_census(console, m, census, title="Verification scan")
-    left = census.violations_in(scope)
+    print_census(console, m, result.census, title="Verification scan")
     console.print(
-        f"{'verified' if left == 0 else 'NOT verified'}: {left:,} violating records "
-        f"of {', '.join(scope)}"
+        f"{'verified' if result.verified else 'NOT verified'}: {result.left:,} violating records "
+        f"of {', '.join(result.scope)}"
     )
-    raise typer.Exit(EXIT_OK if left == 0 else EXIT_VIOLATIONS)
+    raise typer.Exit(EXIT_OK if result.verified else EXIT_VIOLATIONS)
 
 
 @app.command()

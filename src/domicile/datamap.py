@@ -1,11 +1,16 @@
 """Load ``domicile.yaml`` into the model, validated, with errors that point home.
 
-Parsing keeps each key's line so that every error reads like
-``domicile.yaml:14 jurisdictions.US.home: store 'us-tx' is not defined
-(defined: sg-main, us-va)``.  Shape is checked by pydantic; references between
-sections (stores named by homes, datasets named by exceptions, owner paths)
-are checked here.  Nothing in this module touches a store: reaching stores and
-reflecting tables is :mod:`domicile.inspect`'s job.
+Parsing (:mod:`domicile.yamlsafe`) keeps each key's line so that every error
+reads like ``domicile.yaml:14 jurisdictions.US.home: store 'us-tx' is not
+defined (defined: sg-main, us-va)``, and refuses hostile YAML (too big, too
+deep, alias bombs, repeated keys).  Shape is checked by pydantic; references
+between sections (stores named by homes, datasets named by exceptions, owner
+paths) are checked here, and so is every map that would let domicile lose
+data without a word: one table claimed by two datasets, two object datasets
+matching the same keys, two store names for one database, an empty selector
+that allows every store, an empty list that silently means "all", a journal
+kept in memory or in ``/proc``.  Nothing in this module touches a store:
+reaching stores and reflecting tables is :mod:`domicile.fleet`'s job.
 """
 
 from __future__ import annotations
@@ -18,11 +23,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from domicile.countries import normalize_country
 from domicile.errors import ConfigError
+from domicile.mapcheck import (
+    CONTROL,
+    MAX_PATTERN,
+    OBJECT_SCHEMES,
+    SQL_SCHEMES,
+    check_objects,
+    check_places,
+    check_tables,
+    mask_url,
+    reach_of,
+    resolved,
+    sql_url,
+    state_url,
+    url_scheme,
+)
 from domicile.model import (
     UNRESTRICTED,
     Blobs,
@@ -37,9 +56,8 @@ from domicile.model import (
     Waiver,
     selector_matches,
 )
-from domicile.state import DEFAULT_STATE, resolve_sqlite_url
-
-Path_ = tuple[str | int, ...]
+from domicile.state import DEFAULT_STATE
+from domicile.yamlsafe import Located, Path_, read_yaml
 
 # --------------------------------------------------------------------------
 # The shape of the file (pydantic).  Field names are the map's keys.
@@ -116,93 +134,6 @@ class MapCfg(_Strict):
     exceptions: list[ExceptionCfg] = Field(default_factory=list)
     on_conflict: Literal["fail", "keep-home", "overwrite"] = "fail"
     audit: AuditCfg = Field(default_factory=AuditCfg)
-
-
-# --------------------------------------------------------------------------
-# YAML with line numbers.
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1's yes/no/on/off booleans.
-
-    A country label ``NO`` (Norway) must stay the string "NO", not False.
-    """
-
-
-_Loader.yaml_implicit_resolvers = {
-    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
-def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _lines(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*path, i), out)
-
-
-class Located:
-    """Turns a key path into ``file:line key.path`` for messages."""
-
-    def __init__(self, path: Path, lines: Mapping[Path_, int]):
-        self.path = path
-        self.lines = lines
-
-    def line(self, keys: Path_) -> int | None:
-        """The line of the deepest known prefix of *keys*."""
-        for n in range(len(keys), -1, -1):
-            if keys[:n] in self.lines:
-                return self.lines[keys[:n]]
-        return None
-
-    def at(self, *keys: str | int) -> str:
-        """``file:line dotted.key`` for the given key path."""
-        line = self.line(keys)
-        dotted = ".".join(f"[{k}]" if isinstance(k, int) else str(k) for k in keys)
-        name = self.path.name
-        place = f"{name}:{line}" if line else name
-        return f"{place} {dotted}" if dotted else place
-
-
-def read_yaml(path: Path) -> tuple[Any, Located]:
-    """Parse the YAML file, keeping lines; syntax errors become ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"data map not found: {path}",
-            hint="create one (see the README), run `domicile discover`, or pass -c PATH",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read data map {path}: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path.name}:{mark.line + 1}" if mark else path.name
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            f"YAML syntax error: {problem}",
-            where=where,
-            hint="check indentation and quoting near that line",
-        ) from None
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _lines(node, (), lines)
-    return data, Located(path, lines)
 
 
 # --------------------------------------------------------------------------
@@ -289,19 +220,37 @@ def _pydantic_error(exc: ValidationError, loc_of: Located) -> ConfigError:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return ConfigError(
-            f"{err['msg'].lower()} (got {err.get('input')!r})",
+            f"{err['msg'].lower()} (got {_short(err.get('input'))})",
             where=where,
             hint=f"use one of {expected}",
         )
-    return ConfigError(f"{err['msg']} (got {err.get('input')!r})", where=where)
+    return ConfigError(f"{err['msg']} (got {_short(err.get('input'))})", where=where)
+
+
+def _short(value: Any) -> str:
+    """repr() cut to a line: a hostile value may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --------------------------------------------------------------------------
 # Building the model.
 
 
-def _selectors(raw: Mapping[str, str] | list[dict[str, str]]) -> tuple[Selector, ...]:
+def _selectors(
+    raw: Mapping[str, str] | list[dict[str, str]], where: str, any_hint: str
+) -> tuple[Selector, ...]:
+    """The selectors of an ``allowed:``; an empty list or an empty selector is refused."""
     items = [raw] if isinstance(raw, Mapping) else raw
+    if not items:
+        raise ConfigError(
+            "allowed: [] allows no store",
+            where=where,
+            hint="give a label selector such as {country: US}, or a list of them",
+        )
+    if any(not s for s in items):
+        # {} matches every store: almost always a selector left half-written
+        raise ConfigError("an empty selector {} matches every store", where=where, hint=any_hint)
     return tuple({str(k): str(v) for k, v in s.items()} for s in items)
 
 
@@ -327,20 +276,16 @@ def parse_owner(text: str, where: str) -> Owner:
     return Owner(column=parts[0], hops=tuple(hops))
 
 
-def _mask(url: str) -> str:
-    if "://" not in url or url.startswith(("file:", "s3:")):
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparseable URL is reported by _store; never echo a secret
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+def _state(raw: str, loc: Located, base: Path, env: Mapping[str, str]) -> str:
+    """The state store URL (journal, lease, audit log), expanded and checked."""
+    where = loc.at("state")
+    return state_url(expand_env(raw, where, env), where, base)
 
 
 def _store(name: str, cfg: StoreCfg, loc: Located, base: Path, env: Mapping[str, str]) -> Store:
+    where = loc.at("stores", name, "url")
     raw_url = cfg.url
-    url = expand_env(raw_url, loc.at("stores", name, "url"), env)
+    url = expand_env(raw_url, where, env)
     options = _expand_options(cfg.options, loc.at("stores", name, "options"), env)
     labels = {str(k): str(v) for k, v in cfg.labels.items()}
     if "country" in labels:
@@ -352,26 +297,41 @@ def _store(name: str, cfg: StoreCfg, loc: Located, base: Path, env: Mapping[str,
                 hint="use an ISO 3166-1 code such as US, SG or CA",
             )
         labels["country"] = code
-    scheme = url.split(":", 1)[0].lower()
-    if scheme in ("file", "s3"):
-        if scheme == "file":
-            path = url[len("file://") :] if url.startswith("file://") else url[len("file:") :]
-            url = "file://" + str((base / path).resolve()) if not path.startswith("/") else url
-        return Store(name, url, _mask(url), labels, "objects", options)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(url)
-    except ArgumentError:
+    if CONTROL.search(url):
         raise ConfigError(
-            f"store URL '{_mask(raw_url)}' is not a database URL",
-            where=loc.at("stores", name, "url"),
-            hint="use an SQLAlchemy URL (sqlite:///file.db, postgresql://..., mysql://...) "
-            "or file:///folder, s3://bucket/prefix",
-        ) from None
-    url = resolve_sqlite_url(url, base)
-    return Store(name, url, _mask(url), labels, "sql", options)
+            f"store {name}: the URL contains a control character",
+            where=where,
+            hint="check the quoting, and the values of any ${VAR} in it",
+        )
+    scheme = url_scheme(url)
+    if scheme not in SQL_SCHEMES + OBJECT_SCHEMES:
+        what = f"unsupported URL scheme '{scheme}'" if scheme else "the URL has no scheme"
+        raise ConfigError(
+            f"store {name}: {what} (supported: {', '.join(SQL_SCHEMES + OBJECT_SCHEMES)})",
+            where=where,
+            hint="sqlite:///file.db, postgresql://..., mysql://..., mariadb://..., "
+            "file:///folder or s3://bucket/prefix",
+        )
+    if scheme == "file":
+        path = url[len("file://") :] if url.startswith("file://") else url[len("file:") :]
+        root = resolved(base / path, f"store {name}", where)  # base / "/abs" is /abs
+        if not path or root == base or root in base.parents:
+            # the map's folder holds .domicile/ (journal, audit keys): never objects to move
+            raise ConfigError(
+                f"store {name}: folder {root} holds the data map's own folder",
+                where=where,
+                hint="point the store at a folder of its own, e.g. file:///srv/media-sg",
+            )
+        url = "file://" + str(root) if not path.startswith("/") else url
+        return Store(name, url, mask_url(url), labels, "objects", options)
+    if scheme == "s3":
+        if not url.partition("://")[2].partition("/")[0]:
+            raise ConfigError(
+                f"store {name}: the s3 URL names no bucket", where=where, hint="s3://bucket/prefix"
+            )
+        return Store(name, url, mask_url(url), labels, "objects", options)
+    url = sql_url(url, f"store {name}", where, base)
+    return Store(name, url, mask_url(url), labels, "sql", options)
 
 
 def _defined(names: Any) -> str:
@@ -385,6 +345,34 @@ def _check_name(kind: str, name: str, known: Mapping[str, Any], where: str) -> N
         raise ConfigError(
             f"{kind} '{name}' is not defined (defined: {_defined(known)})", where=where, hint=hint
         )
+
+
+def _store_list(
+    names: list[str] | None,
+    kind: str,
+    stores: Mapping[str, Store],
+    where: str,
+) -> tuple[str, ...] | None:
+    """A ``stores:`` list: known names of the right kind; [] is refused (None means all)."""
+    if names is None:
+        return None
+    if not names:
+        raise ConfigError(
+            "stores: [] names no store",
+            where=where,
+            hint="list the stores, or remove the key to mean every store that has the data",
+        )
+    for s in names:
+        _check_name("store", s, stores, where)
+        if stores[s].kind != kind:
+            # fleet would skip it silently and the data there would never be looked at
+            other = "a SQL store" if stores[s].kind == "sql" else "an object store"
+            raise ConfigError(
+                f"stores names '{s}', which is {other}",
+                where=where,
+                hint="list SQL stores for a table, object stores (file://, s3://) for objects",
+            )
+    return tuple(names)
 
 
 def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Store]) -> Dataset:
@@ -408,16 +396,17 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
         raise ConfigError(
             "a reference dataset has no owner", where=loc.at("datasets", name, "owner")
         )
-    for s in cfg.stores or []:
-        _check_name("store", s, stores, loc.at("datasets", name, "stores"))
+    kind = "sql" if cfg.table is not None else "objects"
+    in_stores = _store_list(cfg.stores, kind, stores, loc.at("datasets", name, "stores"))
     owners = tuple(
         parse_owner(t, loc.at("datasets", name, "owners" if cfg.owners else "owner"))
         for t in owner_texts
     )
     if cfg.objects is not None:
-        if "{owner}" not in cfg.objects:
+        if cfg.objects.count("{owner}") != 1 or len(cfg.objects) > MAX_PATTERN:
             raise ConfigError(
-                f"object pattern '{cfg.objects}' does not name the owner",
+                f"object pattern '{cfg.objects[:MAX_PATTERN]}' must name the owner once "
+                f"and be at most {MAX_PATTERN} characters",
                 where=loc.at("datasets", name, "objects"),
                 hint="put {owner} where the subject id stands, e.g. avatars/{owner}/*",
             )
@@ -430,18 +419,17 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
             raise ConfigError(
                 "blobs belong to a table dataset", where=loc.at("datasets", name, "blobs")
             )
-        for s in cfg.blobs.stores or []:
-            _check_name("store", s, stores, loc.at("datasets", name, "blobs", "stores"))
-            if stores[s].kind != "objects":
-                raise ConfigError(
-                    f"blobs.stores names '{s}', which is a SQL store",
-                    where=loc.at("datasets", name, "blobs", "stores"),
-                    hint="list object stores (file:// or s3://) only",
-                )
-        blobs = Blobs(cfg.blobs.column, tuple(cfg.blobs.stores) if cfg.blobs.stores else None)
+        where = loc.at("datasets", name, "blobs", "stores")
+        blobs = Blobs(cfg.blobs.column, _store_list(cfg.blobs.stores, "objects", stores, where))
     key: tuple[str, ...] = ()
     if cfg.key is not None:
         key = (cfg.key,) if isinstance(cfg.key, str) else tuple(cfg.key)
+        if not key:
+            raise ConfigError(
+                "key: [] names no column",
+                where=loc.at("datasets", name, "key"),
+                hint="list the key columns, or remove the key to use the table's primary key",
+            )
     return Dataset(
         name=name,
         table=cfg.table,
@@ -450,19 +438,30 @@ def _dataset(name: str, cfg: DatasetCfg, loc: Located, stores: Mapping[str, Stor
         owners=owners,
         multi_owner=cfg.multi_owner,
         reference=cfg.reference,
-        stores=tuple(cfg.stores) if cfg.stores else None,
+        stores=in_stores,
         blobs=blobs,
     )
 
 
 def _jurisdiction(
-    name: str, cfg: JurisdictionCfg, loc: Located, stores: Mapping[str, Store]
+    name: str,
+    cfg: JurisdictionCfg,
+    loc: Located,
+    stores: Mapping[str, Store],
+    needs: Mapping[str, str],
 ) -> Jurisdiction:
+    """One jurisdiction; *needs* maps a store kind its home must include to the reason."""
     if name == UNRESTRICTED:
         raise ConfigError(
             f"'{UNRESTRICTED}' is reserved for subjects no jurisdiction names",
             where=loc.at("jurisdictions", name),
             hint="choose another name",
+        )
+    if not cfg.countries:
+        raise ConfigError(
+            "countries: [] names no country: the jurisdiction would hold no subjects",
+            where=loc.at("jurisdictions", name, "countries"),
+            hint="list its countries (countries: [US]), or remove the jurisdiction",
         )
     countries = set()
     for i, raw in enumerate(cfg.countries):
@@ -474,25 +473,90 @@ def _jurisdiction(
                 hint="use ISO 3166-1 codes such as US, CA, AU, NZ",
             )
         countries.add(code)
-    allowed = _selectors(cfg.allowed)
+    allowed = _selectors(
+        cfg.allowed,
+        loc.at("jurisdictions", name, "allowed"),
+        "name the labels a store must have (allowed: {country: US}); to leave these "
+        "subjects unrestricted, remove the jurisdiction",
+    )
     for sel in allowed:
         if "country" in sel and normalize_country(sel["country"]):
             sel["country"] = normalize_country(sel["country"]) or sel["country"]  # type: ignore[index]
     homes = [cfg.home] if isinstance(cfg.home, str) else list(cfg.home)
+    where = loc.at("jurisdictions", name, "home")
     if not homes:
-        raise ConfigError(
-            "home must name at least one store", where=loc.at("jurisdictions", name, "home")
-        )
+        raise ConfigError("home must name at least one store", where=where)
     for h in homes:
-        _check_name("store", h, stores, loc.at("jurisdictions", name, "home"))
+        _check_name("store", h, stores, where)
         if not any(selector_matches(s, stores[h].labels) for s in allowed):
             raise ConfigError(
                 f"home store '{h}' (labels {dict(stores[h].labels)}) is not allowed by the "
                 f"jurisdiction's own rule {[dict(s) for s in allowed]}",
-                where=loc.at("jurisdictions", name, "home"),
+                where=where,
                 hint="data moved there would still break the rule: fix the labels or the home",
             )
+    for kind, reason in needs.items():
+        if not any(stores[h].kind == kind for h in homes):
+            # caught here rather than by placement in the middle of a run
+            label = "SQL" if kind == "sql" else "object"
+            raise ConfigError(
+                f"home names no {label} store, but {reason} must be able to move here",
+                where=where,
+                hint=f"add a {'database' if kind == 'sql' else 'file:// or s3://'} store "
+                "the jurisdiction allows to home",
+            )
     return Jurisdiction(name, frozenset(countries), allowed, tuple(homes))
+
+
+def _where(where: Mapping[str, Any], at: str) -> dict[str, Any]:
+    """An exception's row filter: column -> scalar, list of scalars, or null."""
+    scalar = (str, int, float, dt.date)  # bool is an int; dt.datetime a dt.date
+    for column, value in where.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, scalar) for v in values):
+            raise ConfigError(
+                f"where: column '{column}' must be compared with a value, a list or null "
+                f"(got {_short(value)})",
+                where=at,
+                hint="write column: value (=), column: [a, b] (IN) or column: null (IS NULL)",
+            )
+    return dict(where)
+
+
+def _waiver(i: int, e: ExceptionCfg, loc: Located, datasets: Mapping[str, Dataset],
+            jurisdictions: Mapping[str, Jurisdiction]) -> Waiver:  # fmt: skip
+    _check_name("dataset", e.dataset, datasets, loc.at("exceptions", i, "dataset"))
+    if e.jurisdictions is not None and not e.jurisdictions:
+        # [] would be read as "no restriction", i.e. every jurisdiction: refuse the ambiguity
+        raise ConfigError(
+            "jurisdictions: [] names no jurisdiction",
+            where=loc.at("exceptions", i, "jurisdictions"),
+            hint="list the jurisdictions, or remove the key to cover them all",
+        )
+    for jn in e.jurisdictions or []:
+        _check_name("jurisdiction", jn, jurisdictions, loc.at("exceptions", i, "jurisdictions"))
+    if e.where and not datasets[e.dataset].is_sql:
+        raise ConfigError(
+            "an exception for an object dataset cannot filter rows: where: would be ignored",
+            where=loc.at("exceptions", i, "where"),
+            hint="remove where: (the exception then covers every object of the dataset)",
+        )
+    at = loc.at("exceptions", i, "allowed")
+    allowed = "any" if e.allowed == "any" else _selectors(e.allowed, at, "write allowed: any")
+    return Waiver(
+        index=i,
+        dataset=e.dataset,
+        where=_where(e.where, loc.at("exceptions", i, "where")),
+        allowed=allowed,  # type: ignore[arg-type]
+        reason=e.reason,
+        approved_by=e.approved_by,
+        expires=e.expires,
+        jurisdictions=tuple(e.jurisdictions) if e.jurisdictions else None,
+    )
+
+
+# --------------------------------------------------------------------------
+# The whole map.
 
 
 def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> DataMap:
@@ -500,7 +564,7 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
     env = os.environ if env is None else env
     if not isinstance(data, dict):
         raise ConfigError(
-            "the data map must be a YAML mapping",
+            f"the data map must be a YAML mapping (found {type(data).__name__})",
             where=loc.at(),
             hint="start with 'version: 1' and the sections stores, subjects, datasets",
         )
@@ -510,8 +574,18 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
         raise _pydantic_error(exc, loc) from None
     base = loc.path.parent
     stores = {n: _store(n, s, loc, base, env) for n, s in cfg.stores.items()}
+    check_places(stores, loc)
     datasets = {n: _dataset(n, d, loc, stores) for n, d in cfg.datasets.items()}
-    jurisdictions = {n: _jurisdiction(n, j, loc, stores) for n, j in cfg.jurisdictions.items()}
+    needs: dict[str, str] = {}
+    personal = [d.name for d in datasets.values() if d.is_sql and not d.reference]
+    if personal:
+        needs["sql"] = f"dataset '{personal[0]}'"
+    objects = [d.name for d in datasets.values() if d.objects is not None or d.blobs is not None]
+    if objects:
+        needs["objects"] = f"the objects of dataset '{objects[0]}'"
+    jurisdictions = {
+        n: _jurisdiction(n, j, loc, stores, needs) for n, j in cfg.jurisdictions.items()
+    }
     seen: dict[str, str] = {}
     for j in jurisdictions.values():
         for c in sorted(j.countries):
@@ -522,35 +596,20 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
                     hint="each country belongs to one jurisdiction",
                 )
             seen[c] = j.name
+    reach = reach_of(stores, jurisdictions)
+    check_tables(datasets, reach, loc)
+    check_objects(datasets, reach, loc)
     sub = cfg.subjects
     _check_name("dataset", sub.dataset, datasets, loc.at("subjects", "dataset"))
     if datasets[sub.dataset].table is None:
         raise ConfigError(
             "the subjects directory must be a table dataset", where=loc.at("subjects", "dataset")
         )
-    waivers = []
-    for i, e in enumerate(cfg.exceptions):
-        _check_name("dataset", e.dataset, datasets, loc.at("exceptions", i, "dataset"))
-        for jn in e.jurisdictions or []:
-            _check_name("jurisdiction", jn, jurisdictions, loc.at("exceptions", i, "jurisdictions"))
-        allowed = "any" if e.allowed == "any" else _selectors(e.allowed)
-        waivers.append(
-            Waiver(
-                index=i,
-                dataset=e.dataset,
-                where=dict(e.where),
-                allowed=allowed,  # type: ignore[arg-type]
-                reason=e.reason,
-                approved_by=e.approved_by,
-                expires=e.expires,
-                jurisdictions=tuple(e.jurisdictions) if e.jurisdictions else None,
-            )
-        )
-    state = expand_env(cfg.state, loc.at("state"), env)
+    waivers = [_waiver(i, e, loc, datasets, jurisdictions) for i, e in enumerate(cfg.exceptions)]
     return DataMap(
         path=loc.path,
         version=cfg.version,
-        state=state,
+        state=_state(cfg.state, loc, base, env),
         stores=stores,
         subjects=Subjects(sub.dataset, sub.id, sub.country),
         jurisdictions=jurisdictions,

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from faker import Faker
 
+from domicile.demo_map import HEADER, HOMES, STORES, DemoStore, demo_data_map, dump_map
 from domicile.errors import ConfigError
+
+__all__ = ["HOMES", "MARKER", "STORES", "TABLES", "UNKNOWN_COUNTRIES", "DemoStore", "build_demo"]
 
 MARKER = ".domicile-demo"
 """The file that marks a folder as holding a demo, so a rebuild may wipe it."""
@@ -36,35 +38,6 @@ MARKER = ".domicile-demo"
 MIN_USERS = 10
 _CHUNK = 5000  # rows per executemany: big enough to be fast, small enough for memory
 
-
-@dataclass(frozen=True)
-class DemoStore:
-    """One SQL store of the demo fleet and the object store that is its twin."""
-
-    name: str
-    country: str
-    region: str
-    operator: str
-    media: str
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """The store's labels as written in the data map."""
-        return {"country": self.country, "region": self.region, "operator": self.operator}
-
-
-STORES: tuple[DemoStore, ...] = (
-    DemoStore("sg-main", "SG", "ap-southeast-1", "legacy", "media-sg"),
-    DemoStore("us-va", "US", "us-east-1", "legacy", "media-us-va"),
-    DemoStore("us-tx", "US", "us-south-1", "custodian", "media-us"),
-    DemoStore("ca-mtl", "CA", "ca-central-1", "custodian", "media-ca"),
-    DemoStore("au-syd", "AU", "ap-southeast-2", "custodian", "media-au"),
-    DemoStore("nz-akl", "NZ", "ap-southeast-6", "custodian", "media-nz"),
-)
-_BY_NAME = {s.name: s for s in STORES}
-
-# Jurisdiction code -> its custodian home store.
-HOMES: dict[str, str] = {"US": "us-tx", "CA": "ca-mtl", "AU": "au-syd", "NZ": "nz-akl"}
 
 # Share of users per country (before the few unknown values are carved out).
 _COUNTRY_SHARES: tuple[tuple[str, float], ...] = (
@@ -270,7 +243,7 @@ def build_demo(
             say(f"{store.media}: {len(fleet.blobs[store.name])} objects")
 
     path = directory / "domicile.yaml"
-    path.write_text(_HEADER + _dump(_data_map(directory, media)), encoding="utf-8")
+    path.write_text(HEADER + dump_map(demo_data_map(directory, media)), encoding="utf-8")
     say(f"wrote {path}")
     return path
 
@@ -550,88 +523,3 @@ def _write_blobs(root: Path, keys: list[str], rng: random.Random) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             made.add(target.parent)
         target.write_bytes(rng.randbytes(rng.randint(2048, 8192)))
-
-
-_HEADER = """\
-# domicile.yaml -- the data map of the domicile demo fleet.
-#
-# Written by `domicile demo`: six SQLite stores under fleet/ (plus local-folder
-# object stores under media/ when built with media) holding a short-video app
-# that grew up in Singapore.  Most records sit in the legacy stores sg-main and
-# us-va; US, CA, AU and NZ users must live at their custodian home.
-# Try: domicile scan, domicile plan, domicile run.  See DESIGN.md for the format.
-
-"""
-
-
-def _dump(data: dict[str, Any]) -> str:
-    # default_flow_style=None writes leaf collections inline ({country: US}, [id]),
-    # which keeps the map as compact as the one in DESIGN.md.
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
-
-
-def _data_map(directory: Path, media: bool) -> dict[str, Any]:
-    """The data map of the demo, as plain data for yaml.safe_dump."""
-    stores: dict[str, Any] = {
-        s.name: {"url": f"sqlite:///fleet/{s.name}.db", "labels": s.labels} for s in STORES
-    }
-    if media:
-        # Object stores need absolute file:// URLs; the map is tied to this folder.
-        media_root = directory.resolve() / "media"
-        for s in STORES:
-            stores[s.media] = {"url": (media_root / s.media).as_uri(), "labels": s.labels}
-    jurisdictions: dict[str, Any] = {}
-    for code, home in HOMES.items():
-        homes = [home, _BY_NAME[home].media] if media else [home]
-        jurisdictions[code] = {
-            "countries": [code],
-            "allowed": {"country": code, "operator": "custodian"},
-            "home": homes,
-        }
-    videos: dict[str, Any] = {"table": "videos", "key": ["id"], "owner": "user_id"}
-    if media:
-        videos["blobs"] = {"column": "media_key"}
-    datasets: dict[str, Any] = {
-        "users": {"table": "users", "key": ["id"], "owner": "id"},
-        "videos": videos,
-        "comments": {"table": "comments", "key": ["id"], "owner": "author_id"},
-        "likes": {"table": "likes", "key": ["user_id", "video_id"], "owner": "user_id"},
-        "follows": {
-            "table": "follows", "key": ["follower_id", "followee_id"], "owner": "follower_id",
-        },
-        "messages": {
-            "table": "messages", "key": ["id"], "owners": ["sender_id", "recipient_id"],
-            "multi_owner": "each",
-        },
-        "login_events": {"table": "login_events", "key": ["id"], "owner": "user_id"},
-        "sounds": {"table": "sounds", "key": ["id"], "reference": True},
-    }  # fmt: skip
-    if media:
-        datasets["avatars"] = {"objects": "avatars/{owner}/*"}
-    return {
-        "version": 1,
-        "state": "sqlite:///.domicile/state.db",
-        "stores": stores,
-        "subjects": {"dataset": "users", "id": "id", "country": "country"},
-        "jurisdictions": jurisdictions,
-        "datasets": datasets,
-        "exceptions": [
-            {
-                "dataset": "videos",
-                "where": {"visibility": "public"},
-                "allowed": "any",
-                "reason": "Public videos are served worldwide by the CDN",
-                "approved_by": "Chief Privacy Officer",
-                "expires": dt.date(2027, 6, 30),
-            },
-            {
-                # Already expired: reports must say so rather than honour it.
-                "dataset": "login_events",
-                "where": {"kind": "fraud_review"},
-                "allowed": {"country": "SG"},
-                "reason": "Fraud investigation hold",
-                "approved_by": "Head of Trust & Safety",
-                "expires": dt.date(2025, 12, 31),
-            },
-        ],
-    }

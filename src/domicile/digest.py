@@ -39,7 +39,7 @@ The rules, and why:
   is digested as that double, the same at every engine.  A ``Decimal`` in a
   float column (a MySQL ``DOUBLE`` reflected with ``asdecimal=True`` rounds to
   ten places) is digested as a decimal, so such a lossy read never passes as
-  the float it approximates: see :func:`domicile.schema.refine_reflected`.
+  the float it approximates: see :func:`domicile.connectors.schema.refine_reflected`.
 - **Text** is digested byte-exactly as UTF-8; Unicode is *not* normalised (NFC
   and NFD spellings are different data).  In a fixed-width ``CHAR(n)`` column
   trailing spaces are padding (SQL's own rule: PostgreSQL pads on output,
@@ -67,7 +67,7 @@ The rules, and why:
   integer and ``1.0`` may come back as ``1``).  Strings in a JSON column are
   *not* parsed: a JSON string that spells a document is not that document.
   MariaDB stores JSON as ``LONGTEXT``; the JSON type (and so the parsing)
-  comes from :func:`domicile.schema.refine_reflected`, not from guessing.
+  comes from :func:`domicile.connectors.schema.refine_reflected`, not from guessing.
   A ``None`` is NULL whether SQL NULL or JSON ``null`` (SQLAlchemy returns
   both as ``None``).
   One change is not undone: SQLite gives a ``JSON`` column NUMERIC affinity,

@@ -78,9 +78,22 @@ class RunIncomplete(DomicileError):
 
 
 class AuditIntegrityError(DomicileError, Permanent):
-    """The audit log or a checkpoint does not verify: it was changed."""
+    """The audit log, a checkpoint or the journal does not verify: it was changed."""
 
     exit_code = 5
+
+
+class StateStoreError(DomicileError, Permanent):
+    """The state store (journal and audit log) cannot be read or written: full,
+    read-only, locked or gone.  A run stops resumably."""
+
+    exit_code = 4
+
+
+class Interrupted(DomicileError):
+    """SIGINT or SIGTERM: the run finished its current step and stopped, resumable."""
+
+    exit_code = 4
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -212,6 +212,43 @@ class Fleet:
                     )
         return Location(store, table, key)
 
+    def check_identities(self, *, write_markers: bool) -> list[str]:
+        """Refuse two store names for one place, or a store inside another; returns warnings.
+
+        *write_markers*: ``run`` writes a marker through every name and reads
+        them back through the others; ``check`` and ``verify`` only read.
+        """
+        from domicile.connectors.identity import read_identities
+
+        report = read_identities(
+            list(self.sql.values()), list(self.objects.values()), write_markers=write_markers
+        )
+        report.raise_for_clashes()
+        return list(report.warnings)
+
+    def check_unique_keys(self) -> None:
+        """Refuse a personal dataset whose key no primary key or unique index backs.
+
+        The move deletes by key: a key that two rows share would delete a row
+        that was never copied.  Checked in every store the dataset lives in,
+        from the reflected schema (a unique constraint, a unique index, or the
+        primary key, on exactly the key's columns in any order).
+        """
+        for ds in self.map.datasets.values():
+            if not ds.is_sql or ds.reference:
+                continue
+            for loc in self.locations(ds.name):
+                if not loc.store.is_unique(loc.table, loc.key):
+                    raise ConfigError(
+                        f"dataset '{ds.name}': key ({', '.join(loc.key)}) of table "
+                        f"'{loc.table.name}' in store {loc.store.name} is not backed by a "
+                        "primary key or a unique index, so two rows may share it",
+                        where=locate(self.map, "datasets", ds.name, "key" if ds.key else "table"),
+                        hint="add one (CREATE UNIQUE INDEX ... ON "
+                        f"{loc.table.name} ({', '.join(loc.key)})), or declare as key: the "
+                        "columns of an existing primary key or unique index; nothing was moved",
+                    )
+
     def foreign_keys(self) -> list[ForeignKey]:
         """Every foreign key of every personal SQL dataset's table, per store."""
         out: list[ForeignKey] = []

@@ -7,9 +7,10 @@ tables come out as plain text.  Nothing here computes: it only shows.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
@@ -17,8 +18,10 @@ from rich.text import Text
 from domicile.model import UNRESTRICTED, DataMap
 from domicile.placement import store_allowed
 from domicile.plan import Plan
-from domicile.run.journal import Journal
 from domicile.scan import Census
+
+if TYPE_CHECKING:
+    from domicile.api import StatusResult
 
 
 def human_bytes(n: float) -> str:
@@ -244,41 +247,38 @@ def print_plan(console: Console, m: DataMap, plan: Plan) -> None:
         console.print(f"[bold red]blocker:[/] {blocker}")
 
 
-def print_status(console: Console, journal: Journal, run_id: str | None) -> None:
-    """Every run, or one run's batches by dataset, source and state."""
-    if run_id is None:
+def print_status(console: Console, status: StatusResult) -> None:
+    """Every run, or one run's batches by dataset, source and state; and the lease."""
+    if status.lease is not None:
+        console.print(f"run lease: held by {status.lease.describe()}")
+    else:
+        console.print("run lease: free")
+    record = status.run
+    if record is None:
         table = Table(title="Runs", title_justify="left")
-        for col in ("run", "status", "scope", "started", "finished", "batches"):
+        for col in ("run", "status", "scope", "started", "finished"):
             table.add_column(col)
-        for r in journal.runs():
-            n = len(journal.batches(r.id))
+        for r in status.runs:
             table.add_row(
                 r.id,
                 r.status,
                 ", ".join(r.scope),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}",
                 f"{r.finished_at:%Y-%m-%d %H:%M:%S}" if r.finished_at else "",
-                str(n),
             )
         console.print(table)
         return
-    record = journal.run(run_id)
-    if record is None:
-        from domicile.errors import ConfigError
-
-        raise ConfigError(
-            f"run '{run_id}' is not in the journal", hint="domicile status lists the runs"
-        )
     console.print(
         f"run {record.id}: {record.status}; scope {', '.join(record.scope)}; "
         f"started {record.started_at:%Y-%m-%d %H:%M:%S}"
     )
     table = Table(title="Batches", title_justify="left")
-    for col in ("dataset", "source", "state", "batches", "rows", "deleted", "changed", "vanished"):
+    cols = ("dataset", "source", "state", "batches", "rows", "deleted", "changed", "vanished")
+    for col in cols:
         table.add_column(col)
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     errors = []
-    for b in journal.batches(run_id):
+    for b in status.batches:
         g = groups[(b.dataset, b.source, b.state)]
         g[0] += 1
         g[1] += b.rows
@@ -287,10 +287,20 @@ def print_status(console: Console, journal: Journal, run_id: str | None) -> None
         g[4] += b.counts.get("vanished", 0)
         if b.error:
             errors.append(f"batch {b.id} ({b.dataset} from {b.source}): {b.error}")
-    for (d, s, st), g in sorted(groups.items()):
-        table.add_row(d, s, st, *[f"{v:,}" for v in g])
+    for (d, src, st), g in sorted(groups.items()):
+        table.add_row(d, src, st, *[f"{v:,}" for v in g])
     console.print(table)
     for e in errors:
-        console.print(f"  error: {e}")
-    if record.summary:
-        console.print(f"summary: {record.summary}")
+        console.print(f"  error: {escape(e)}")
+    summary = record.summary
+    if summary:
+        counts = summary.get("counts") or {}
+        console.print(
+            f"ended {summary.get('status', record.status)} after {summary.get('seconds', 0)}s: "
+            f"violations {summary.get('violations_before', '?')} before, "
+            f"{summary.get('violations_after', '?')} after"
+        )
+        if counts:
+            console.print("  " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if v))
+        for reason in summary.get("reasons") or []:
+            console.print(f"  {escape(str(reason))}")

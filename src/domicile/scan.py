@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
+from domicile.connectors.keys import column_in
 from domicile.countries import normalize_country
 from domicile.fleet import Fleet, Location
 from domicile.model import UNRESTRICTED, DataMap, Dataset, Waiver
@@ -174,8 +174,8 @@ def owner_expressions(
         current: sa.ColumnElement[Any] = (
             loc.table.c[owner.column] if base is None else base.c[f"_dm_o{k}"]
         )
-        for h, hop in enumerate(owner.hops):
-            hop_table = loc.store.table(hop.table).alias(f"o{k}h{h}")
+        for hop in owner.hops:
+            hop_table = loc.store.table(hop.table).alias()
             from_ = from_.outerjoin(hop_table, hop_table.c[hop.match] == current)
             current = hop_table.c[hop.read]
         exprs.append(current)
@@ -229,7 +229,7 @@ def annotate(
                 _ONE.label(f"_dm_f{k}"),
             ]
         elif directory is not None:
-            d = directory.table.alias(f"d{k}")
+            d = directory.table.alias()
             from_ = from_.outerjoin(d, d.c[sub.id] == expr)
             missing = d.c[sub.id].is_(None)
             cols += [
@@ -355,14 +355,9 @@ class Directory:
             id_col = loc.table.c[sub.id]
             for start in range(0, len(pending), CHUNK):
                 chunk = pending[start : start + CHUNK]
-                if loc.store.dialect == "postgresql":
-                    # One array parameter: a 1000-parameter IN list costs ~5x more
-                    # to bind, send and plan.
-                    match = id_col == sa.any_(
-                        sa.bindparam("ids", chunk, type_=postgresql.ARRAY(id_col.type))
-                    )
-                else:
-                    match = id_col.in_(chunk)
+                # one array parameter on PostgreSQL: a 1000-parameter IN list
+                # costs ~5x more to bind, send and plan there
+                match = column_in(loc.store.dialect, id_col, chunk, name="ids")
                 q = sa.select(id_col, loc.table.c[sub.country]).where(match)
                 with loc.store.connect("reading the subjects directory") as conn:
                     for sid, country in conn.execute(q):

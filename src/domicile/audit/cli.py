@@ -198,7 +198,33 @@ def verify_command(
         settings = _state_and_keys(config)
         with _engine(settings) as engine:
             result = verify_log(engine, _key_texts(public_key, settings))
+            journal_batches = _verify_journal(engine, settings)
         _print_result(result, "state store")
+        if journal_batches is not None:
+            typer.echo(f"  journal            {journal_batches} batches, every MAC matches")
+
+
+def _verify_journal(engine: sa.Engine, settings: _Settings) -> int | None:
+    """Check every journalled batch's MAC; None when there is no journal or no key."""
+    from domicile.run.journal import Journal, JournalTampered, batches
+
+    if not sa.inspect(engine).has_table(batches.name):
+        return None
+    try:
+        key = keystore.load_hmac_key(settings.keys_dir)
+    except ConfigError:
+        return None
+    journal = Journal(engine, key)
+    bad = journal.tampered()
+    if bad:
+        raise JournalTampered(
+            f"{len(bad)} journal batches do not verify: " + "; ".join(bad[:5]),
+            where="the journal",
+            hint="nothing in the journal can be trusted past this point; compare it with the "
+            "audit log's batch events",
+        )
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar_one())
 
 
 @audit_app.command("prove")

@@ -17,13 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from domicile.connectors.schema import refine_reflected
 from domicile.errors import (
     DomicileError,
     PermanentConnectorError,
     TransientConnectorError,
 )
 from domicile.model import Store
-from domicile.schema import refine_reflected
 
 # Drivers domicile installs (extras postgres / mysql); bare dialect names get them.
 _DEFAULT_DRIVERS = {
@@ -40,6 +40,12 @@ _AUTH_WORDS = (
     "no password supplied",
 )
 
+
+APPLICATION_NAME = "domicile"
+LOCK_TIMEOUT_S = 30  # a row lock the application holds longer fails the step (retried)
+STATEMENT_TIMEOUT_S = 3600  # no statement of domicile's runs longer than this
+"""Session limits; a store's ``options`` may set ``lock_timeout_seconds`` and
+``statement_timeout_seconds``."""
 
 # MySQL/MariaDB errors about a value, not the connection: retrying cannot help.
 _MYSQL_DATA_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 3140}
@@ -157,16 +163,35 @@ class SqlStore:
                 cur.close()
 
             return engine
-        kwargs["connect_args"] = {"connect_timeout": self._connect_timeout}
+        lock_s = int(self.store.options.get("lock_timeout_seconds", LOCK_TIMEOUT_S))
+        statement_s = int(self.store.options.get("statement_timeout_seconds", STATEMENT_TIMEOUT_S))
+        connect_args: dict[str, Any] = {"connect_timeout": self._connect_timeout}
+        if self.dialect == "postgresql":
+            # named in pg_stat_activity, and bounded: a lock held by the
+            # application makes a step fail (and retry) instead of hang
+            connect_args["application_name"] = APPLICATION_NAME
+            connect_args["options"] = (
+                f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}"
+            )
+        else:
+            connect_args["program_name"] = APPLICATION_NAME
+        kwargs["connect_args"] = connect_args
         kwargs["pool_size"] = self._pool_size
         engine = sa.create_engine(self.url, **kwargs)
         if self.dialect in ("mysql", "mariadb"):
 
             @sa.event.listens_for(engine, "connect")
-            def _utc(dbapi_conn: Any, _record: Any) -> None:
-                # TIMESTAMP columns are read in the session's zone: make it UTC
+            def _session(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
+                # TIMESTAMP columns are read in the session's zone: make it UTC
                 cur.execute("SET time_zone = '+00:00'")
+                cur.execute(f"SET SESSION innodb_lock_wait_timeout = {lock_s}")
+                # MariaDB's statement limit (seconds); MySQL names it differently
+                if (
+                    self.dialect == "mariadb"
+                    or "mariadb" in str(getattr(dbapi_conn, "server_version", "") or "").lower()
+                ):
+                    cur.execute(f"SET SESSION max_statement_time = {statement_s}")
                 cur.close()
 
         return engine
@@ -212,6 +237,29 @@ class SqlStore:
                     # MySQL DOUBLE reflects as a rounding Decimal, MariaDB JSON as text
                     self._tables[name] = refine_reflected(table, self.engine)
             return self._tables[name]
+
+    def is_unique(self, table: sa.Table, columns: tuple[str, ...]) -> bool:
+        """True when the primary key, a unique constraint or a unique index is exactly *columns*.
+
+        Read from the catalogue (not the cached reflection), since a unique
+        index may be all that backs a declared key.
+        """
+        wanted = set(columns)
+        if wanted and {c.name for c in table.primary_key.columns} == wanted:
+            return True
+        with translate(self.store, f"reading the indexes of table {table.name}"):
+            insp = sa.inspect(self.engine)
+            pk = insp.get_pk_constraint(table.name).get("constrained_columns") or []
+            if pk and set(pk) == wanted:
+                return True
+            for uc in insp.get_unique_constraints(table.name):
+                if set(uc.get("column_names") or []) == wanted:
+                    return True
+            for ix in insp.get_indexes(table.name):
+                cols = ix.get("column_names") or []
+                if ix.get("unique") and None not in cols and set(cols) == wanted:
+                    return True
+        return False
 
     def forget(self, name: str) -> None:
         """Drop a cached reflection (after creating or altering a table)."""

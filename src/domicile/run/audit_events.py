@@ -8,6 +8,7 @@ while the log alone reveals nothing about anyone.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,18 @@ def rows_root(digests_hex: list[str]) -> str:
 def keys_dir(m: DataMap) -> Path:
     """Where the audit keys live (``audit.keys`` in the map, else beside it)."""
     return m.base_dir / m.audit_keys if m.audit_keys else keystore.default_keys_dir(m.path)
+
+
+def deployment_key(m: DataMap) -> bytes:
+    """The deployment's keyed-hash key (``hmac.key`` beside the map, or the environment).
+
+    It MACs the journal, so it must not live in the state store; the first
+    run creates the key files when none exist.
+    """
+    directory = keys_dir(m)
+    if keystore.HMAC_ENV not in os.environ and not (directory / keystore.HMAC_KEY_FILE).exists():
+        keystore.init_keys(directory)
+    return keystore.load_hmac_key(directory)
 
 
 class RunAudit:

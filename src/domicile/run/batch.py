@@ -21,63 +21,37 @@ duplicating a record:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from domicile.digest import batch_digest_hex, storage_value
 from domicile.errors import (
-    ConfigError,
     ConflictError,
     PermanentConnectorError,
     VerificationError,
 )
 from domicile.fleet import Location
-from domicile.model import Dataset
-from domicile.placement import classify, home_store, targets
-from domicile.run.blob_copy import BlobMover
-from domicile.run.journal import BatchRecord, BatchRow
+from domicile.run.conflict import Decision, decide
+from domicile.run.journal import BatchRecord, BatchRow, key_text
+from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
     digest_hex,
-    key_after,
     key_columns,
     key_in,
     key_of,
     normalize_key,
     select_by_keys,
     shared_columns,
+    unused_prefix,
 )
-from domicile.scan import annotate, matched_waivers, owner_countries
 
 if TYPE_CHECKING:
-    from domicile.run.executor import RunContext
+    pass
 
 ACTIVE = (None, "kept-home")  # row statuses that still move
-
-
-@dataclass
-class Candidate:
-    """A source row that must move, with the homes it goes to."""
-
-    key: tuple[Any, ...]
-    values: dict[str, Any]
-    digest: str
-    targets: tuple[str, ...]
-    home_digest: str | None = None
-    blob: dict[str, Any] | None = None
-
-
-@dataclass
-class Page:
-    """Moving rows read from one key range of the source."""
-
-    rows: list[Candidate] = field(default_factory=list)
-    lo: tuple[Any, ...] | None = None
-    hi: tuple[Any, ...] | None = None
-    read: int = 0
-    exhausted: bool = False
 
 
 def batch_digest(row_digests: Sequence[str]) -> str:
@@ -85,100 +59,8 @@ def batch_digest(row_digests: Sequence[str]) -> str:
     return batch_digest_hex(bytes.fromhex(d) for d in row_digests)
 
 
-class Mover:
-    """Moves one dataset's violating rows out of one source store."""
-
-    def __init__(self, ctx: RunContext, dataset: Dataset, source: Location):
-        self.ctx = ctx
-        self.ds = dataset
-        self.source = source
-        self.key = source.key
-        m = ctx.map
-        self.store = m.stores[source.store.name]
-        local_dir = ctx.fleet.location(m.subjects.dataset, source.store.name)
-        self.annotated = annotate(m, source, dataset, local_dir)
-        self.blobs = BlobMover(ctx, dataset) if dataset.blobs is not None else None
-        self._homes: dict[tuple[Any, ...], tuple[str, ...]] = {}
-
-    # -- reading ---------------------------------------------------------------
-
-    def read(self, after: tuple[Any, ...] | None, want: int) -> Page:
-        """Read pages after *after* until *want* moving rows or the end."""
-        page = Page(lo=after)
-        table = self.source.table
-        cols = [*table.columns, *self.annotated.columns]
-        names = [c.name for c in table.columns]
-        page_size = max(want, 500)
-        while len(page.rows) < want:
-            q = sa.select(*cols).select_from(self.annotated.from_)
-            if after is not None:
-                q = q.where(key_after(table, self.key, after))
-            q = q.order_by(*key_columns(table, self.key)).limit(page_size)
-            with self.source.store.connect(f"reading {self.ds.name}") as conn:
-                rows = conn.execute(q).mappings().all()
-            page.read += len(rows)
-            if not rows:
-                page.exhausted = True
-                break
-            self.ctx.directory.resolve(
-                r[f"_dm_u{k}"] for r in rows for k in range(self.annotated.owners)
-            )
-            for r in rows:
-                after = tuple(r[k] for k in self.key)
-                page.hi = after
-                homes = self._targets(r)
-                if homes:
-                    values = {n: r[n] for n in names}
-                    page.rows.append(self._candidate(values, homes))
-                    if len(page.rows) >= want:
-                        break  # the batch is full: it ends at this key
-            else:
-                if len(rows) < page_size:
-                    page.exhausted = True
-                    break
-        return page
-
-    def _candidate(self, values: dict[str, Any], homes: tuple[str, ...]) -> Candidate:
-        table = self.source.table
-        c = Candidate(key_of(values, self.key), values, digest_hex(values, table.columns), homes)
-        if self.blobs is not None:
-            c.blob = self.blobs.describe(values[self.blobs.column])
-            if c.blob is not None and c.blob["url"]:
-                if len(homes) > 1:
-                    raise ConfigError(
-                        f"dataset {self.ds.name}: a blob URL cannot point to two homes",
-                        hint="store object keys (not URLs) in the column, or use multi_owner: all",
-                    )
-                at_home = dict(
-                    values, **{self.blobs.column: self.blobs.home_value(c.blob, homes[0])}
-                )
-                c.home_digest = digest_hex(at_home, table.columns)
-        return c
-
-    def _targets(self, row: Any) -> tuple[str, ...]:
-        countries = owner_countries(row, self.annotated.owners, self.ctx.directory)
-        flags = matched_waivers(row, self.annotated.waivers)
-        key = (*countries, flags)
-        if key not in self._homes:  # few distinct (countries, exceptions) per table
-            self._homes[key] = self._homes_for(countries, flags)
-        return self._homes[key]
-
-    def _homes_for(self, countries: list[str], flags: frozenset[int]) -> tuple[str, ...]:
-        m = self.ctx.map
-        verdict = classify(m, self.store, self.ds, countries, flags, self.ctx.today)
-        if verdict.status != "violating":
-            return ()
-        if not set(verdict.jurisdictions) & set(self.ctx.scope):
-            return ()
-        if self.ds.multi_owner == "each":
-            # one copy at the home of each owner whose jurisdiction this run covers
-            homes = [
-                home_store(m, m.jurisdictions[j], self.ds)
-                for j in verdict.jurisdictions
-                if j in self.ctx.scope
-            ]
-            return tuple(dict.fromkeys(homes))
-        return tuple(targets(m, self.ds, verdict))
+class Mover(RowReader):
+    """Moves one dataset's violating rows out of one source store: copy, verify, delete."""
 
     # -- steps by batch id (the journal's current state is read each time) -----------
 
@@ -186,15 +68,15 @@ class Mover:
         self, batch_id: int, values: dict[tuple[Any, ...], dict[str, Any]] | None
     ) -> None:
         """:meth:`copy` for the batch as the journal holds it now."""
-        self.copy(self.ctx.journal.batch(batch_id), values)
+        self.copy(self.ctx.journal.checked_batch(batch_id), values)
 
     def verify_batch(self, batch_id: int) -> None:
         """:meth:`verify` for the batch as the journal holds it now."""
-        self.verify(self.ctx.journal.batch(batch_id))
+        self.verify(self.ctx.journal.checked_batch(batch_id))
 
     def delete_batch(self, batch_id: int) -> int:
         """:meth:`delete` for the batch as the journal holds it now."""
-        return self.delete(self.ctx.journal.batch(batch_id))
+        return self.delete(self.ctx.journal.checked_batch(batch_id))
 
     # -- copy ------------------------------------------------------------------
 
@@ -313,25 +195,48 @@ class Mover:
         updates: list[dict[str, Any]] = []
         kept: list[BatchRow] = []
         conflicts: list[tuple[Any, ...]] = []
+        others: list[tuple[Any, ...]] = []
+        source_name = self.source.store.name
         with home.store.begin_write(f"copying {self.ds.name} to {home.store.name}") as conn:
             existing = select_by_keys(conn, table, self.key, keys, for_update=True)
+            copies = self.ctx.journal.copies(
+                self.ds.name, home.store.name, [by_key[k].key for k in existing if k in by_key]
+            )
             types = {c.name: c.type for c in cols}
             for k, r in by_key.items():
                 row_values = {n: storage_value(values[r.key][n], types[n]) for n in names}
-                if k not in existing:
+                at_home = digest_hex(existing[k], cols) if k in existing else None
+                decision = decide(
+                    at_home,
+                    r.digest_at_home,
+                    copies.get(key_text(r.key), []),
+                    source_name,
+                    self.ctx.map.on_conflict,
+                )
+                if decision is Decision.INSERT:
                     inserts.append(row_values)
-                    continue
-                at_home = digest_hex(existing[k], cols)
-                if at_home == r.digest_at_home:
+                elif decision is Decision.ALREADY:
                     counts["already"] += 1
-                elif self.ctx.journal.copied_before(self.ds.name, home.store.name, r.key, at_home):
-                    updates.append(row_values)  # domicile's own stale copy
-                elif self.ctx.map.on_conflict == "overwrite":
+                elif decision in (Decision.REFRESH, Decision.OVERWRITE):
                     updates.append(row_values)
-                elif self.ctx.map.on_conflict == "keep-home":
+                elif decision is Decision.KEEP_HOME:
                     kept.append(r)
+                elif decision is Decision.CONFLICT_OTHER_SOURCE:
+                    others.append(r.key)
                 else:
                     conflicts.append(r.key)
+            if others:
+                shown = ", ".join(str(list(k)) for k in others[:5])
+                raise ConflictError(
+                    f"{len(others)} {self.ds.name} records from {source_name} have the key of a "
+                    f"different record that domicile copied to {home.store.name} from another "
+                    f"source (keys {shown}{' ...' if len(others) > 5 else ''}); nothing was "
+                    "overwritten or deleted",
+                    where=f"batch {batch.id} ({self.ds.name} from {source_name})",
+                    hint="two sources use one key for different records (per-shard ids): give "
+                    "the dataset a key that is unique across sources (for example [shard, id]), "
+                    "or move the sources to different homes",
+                )
             if conflicts:
                 shown = ", ".join(str(list(k)) for k in conflicts[:5])
                 raise ConflictError(
@@ -379,12 +284,22 @@ class Mover:
                     deferred.append(row)
         if updates:
             keycols = key_columns(table, self.key)
+            value_names = [n for n in updates[0] if n not in self.key]
+            # parameters named after columns, and key parameters under a
+            # prefix that no column name starts with (a user may have "_k_id")
+            prefix = unused_prefix("_k_", [c.name for c in table.columns])
             stmt = (
                 table.update()
-                .where(*[c == sa.bindparam(f"_k_{c.name}") for c in keycols])
-                .values({n: sa.bindparam(n) for n in updates[0] if n not in self.key})
+                .where(*[c == sa.bindparam(f"{prefix}{i}") for i, c in enumerate(keycols)])
+                .values({n: sa.bindparam(n) for n in value_names})
             )
-            params = [{**u, **{f"_k_{k}": u[k] for k in self.key}} for u in updates]
+            params = [
+                {
+                    **{n: u[n] for n in value_names},
+                    **{f"{prefix}{i}": u[k] for i, k in enumerate(self.key)},
+                }
+                for u in updates
+            ]
             conn.execute(stmt, params)
         return deferred
 
@@ -422,7 +337,17 @@ class Mover:
     # -- compare-and-delete ---------------------------------------------------------
 
     def delete(self, batch: BatchRecord) -> int:
-        """Compare-and-delete at the source; journal ``deleting`` then ``done``."""
+        """Compare-and-delete at the source; journal ``deleting`` then ``done``.
+
+        In one source transaction holding the rows' locks, a row is deleted
+        only if its current digest equals the copied one *and* its home copy,
+        read again now (and locked until the source commits), still matches.
+        A row whose home copy went missing or changed since the verify (a
+        fail-over to a lagging replica, a restore, a mistake) stays and moves
+        again.  A row the application changed since the copy stays too, and
+        its now stale home copy is removed, so that deleting the row later
+        where it lives cannot bring the old version back at home.
+        """
         journal = self.ctx.journal
         rows = journal.rows(batch.id)
         moving = [r for r in rows if r.status in ACTIVE]
@@ -430,19 +355,36 @@ class Mover:
         table = self.source.table
         keys = [normalize_key(table, self.key, r.key) for r in moving]
         resumed = batch.state == "deleting"
-        with self.source.store.begin_write(f"deleting moved {self.ds.name}") as conn:
+        source_name = self.source.store.name
+        with ExitStack() as stack:
+            # Source and homes are locked in one global order (by store name),
+            # so two workers moving in opposite directions cannot deadlock.
+            conns: dict[str, sa.Connection] = {}
+            for name in sorted({t for r in moving for t in r.targets} | {source_name}):
+                store = self.source.store if name == source_name else self.ctx.fleet.sql[name]
+                doing = (
+                    f"deleting moved {self.ds.name}"
+                    if name == source_name
+                    else f"re-checking {self.ds.name} at {name}"
+                )
+                conns[name] = stack.enter_context(store.begin_write(doing))
+            conn = conns.pop(source_name)
             current = select_by_keys(conn, table, self.key, keys, for_update=True)
-            deletable, changed, vanished = [], [], []
+            candidates, changed, vanished = [], [], []
             for k, r in zip(keys, moving, strict=True):
                 now = current.get(k)
                 if now is None:
                     vanished.append(r)
                 elif digest_hex(now, table.columns) == r.digest:
-                    deletable.append(k)
+                    candidates.append((k, r))
                 else:
                     changed.append(r)
+            held = self._home_still_holds(conns, [r for _, r in candidates])
+            deletable = [k for k, r in candidates if r.key in held]
+            home_lost = [r for _, r in candidates if r.key not in held]
             # On a resume, rows missing now that were not journalled as vanished
-            # were deleted by domicile's own earlier, committed transaction.
+            # were deleted by domicile's own earlier, committed transaction (the
+            # run lease guarantees no other domicile process deleted them).
             ours = [r for r in vanished if resumed and r.key not in known_vanished]
             vanished = [r for r in vanished if r not in ours]
             new_vanished = [r for r in vanished if r.key not in known_vanished]
@@ -450,9 +392,14 @@ class Mover:
                 journal.set_row_status(batch.id, [r.key for r in new_vanished], "vanished")
             if changed:
                 journal.set_row_status(batch.id, [r.key for r in changed], "changed")
+            if home_lost:
+                journal.set_row_status(batch.id, [r.key for r in home_lost], "home-lost")
             if not resumed:
                 journal.transition(batch.id, "deleting")
             pinned = self._delete_rows(conn, deletable)
+            # commit the source while the homes' locks are still held: the copies
+            # cannot change between the re-check and the delete
+            conn.commit()
         if pinned:
             journal.set_row_status(
                 batch.id,
@@ -460,13 +407,15 @@ class Mover:
                 "pinned",
             )
         all_vanished = [r for r in rows if r.status == "vanished"] + new_vanished
-        self._remove_own_copies(all_vanished)
+        all_changed = [r for r in rows if r.status == "changed"] + changed
+        self._remove_own_copies(all_vanished + all_changed)
         deleted = len(deletable) - len(pinned) + len(ours)
         counts = {
             "deleted": deleted,
             "pinned": len(pinned),
-            "changed": len(changed),
+            "changed": len(all_changed),
             "vanished": len(all_vanished),
+            "home_lost": len(home_lost) + sum(1 for r in rows if r.status == "home-lost"),
         }
         if self.blobs is not None:
             # the rows are gone from the source: now their objects, if unchanged
@@ -475,6 +424,7 @@ class Mover:
             outcomes = [self.blobs.delete_source(r.blob) for r in gone if r.blob is not None]
             counts["blobs_deleted"] = outcomes.count("deleted") + outcomes.count("gone")
             counts["blobs_changed"] = outcomes.count("changed")
+            counts["blobs_home_lost"] = outcomes.count("home-lost")
         journal.transition(batch.id, "done", counts=counts)
         self.ctx.emit(
             "batch.deleted",
@@ -485,6 +435,28 @@ class Mover:
             rows=[r.digest for r in moving if r.key not in {v.key for v in changed}],
         )
         return deleted
+
+    def _home_still_holds(
+        self, conns: dict[str, sa.Connection], rows: list[BatchRow]
+    ) -> set[tuple[Any, ...]]:
+        """Keys (as journalled) whose copy is still at every home, as verified.
+
+        *conns* are the homes' transactions, whose row locks are held until
+        after the source's delete commits.
+        """
+        held = {r.key for r in rows}
+        for target in sorted({t for r in rows for t in r.targets}):
+            home = self.ctx.target(self.ds, target, self.source)
+            part = [r for r in rows if target in r.targets]
+            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            found = select_by_keys(conns[target], home.table, self.key, keys, for_update=True)
+            cols = shared_columns(self.source.table, home.table)
+            for k, r in zip(keys, part, strict=True):
+                now = found.get(k)
+                # a kept-home row holds home's own version: it must still be there
+                if now is None or (r.status is None and digest_hex(now, cols) != r.digest_at_home):
+                    held.discard(r.key)
+        return held
 
     def _delete_rows(
         self, conn: sa.Connection, keys: list[tuple[Any, ...]]

@@ -23,7 +23,7 @@ from domicile.model import Dataset
 from domicile.run.journal import batch_rows
 
 if TYPE_CHECKING:
-    from domicile.run.executor import RunContext
+    from domicile.run.context import RunContext
 
 RECOPY_ATTEMPTS = 3  # an object the application keeps overwriting is left for the next run
 
@@ -129,20 +129,22 @@ class BlobMover:
         )
 
     def _copied_before(self, key: str, home_name: str, digest: str) -> bool:
-        """True when a journalled blob says domicile copied exactly these bytes of *key* home."""
+        """True when a journalled blob says domicile copied exactly these bytes of *key* home.
+
+        The batches relied upon have their MACs checked: a forged journal row
+        cannot make an object at home look like domicile's own copy.
+        """
         c = batch_rows.c
-        q = sa.select(c.blob).where(
+        q = sa.select(c.blob, c.batch_id).where(
             c.dataset == self.ds.name, c.blob.contains(json.dumps(key), autoescape=True)
         )
         with self.ctx.journal.engine.connect() as conn:
-            for (text,) in conn.execute(q):
-                done = json.loads(text)
-                if (done.get("key"), done.get("home"), done.get("sha256")) == (
-                    key,
-                    home_name,
-                    digest,
-                ):
-                    return True
+            found = conn.execute(q).all()
+        for text, batch_id in found:
+            done = json.loads(text)
+            if (done.get("key"), done.get("home"), done.get("sha256")) == (key, home_name, digest):
+                self.ctx.journal.check_batches([batch_id])
+                return True
         return False
 
     def verify(self, blob: dict[str, Any]) -> None:
@@ -164,11 +166,21 @@ class BlobMover:
     def delete_source(self, blob: dict[str, Any]) -> str:
         """Delete the source object if unchanged since the copy; copy it again if it changed.
 
-        Returns ``deleted``, ``gone`` (no longer there) or ``changed`` (the
-        application kept overwriting it; left for the next run).
+        Returns ``deleted``, ``gone`` (no longer there), ``changed`` (the
+        application kept overwriting it; left for the next run) or
+        ``home-lost`` (the home copy is gone: the source object stays).
         """
         if blob["store"] == blob.get("home"):
             return "deleted"
+        # the home copy, checked again right before the source object goes: it
+        # must still be there (with the copied size unless home's own object won)
+        at_home = self._store(blob["home"]).stat(blob["key"])
+        if at_home is None or (
+            not blob.get("kept_home")
+            and blob.get("size") is not None
+            and at_home.size != blob["size"]
+        ):
+            return "home-lost"
         src = self._store(blob["store"])
         version = blob["version"]
         if blob.get("kept_home"):  # home's own object won: never copy over it

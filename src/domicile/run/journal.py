@@ -6,188 +6,151 @@ a resume starts the batch again.  Transitions are checked here, in one
 place, so a bug elsewhere cannot skip a step (for example delete what was
 never verified).  The journal lives in the map's state store (SQLite beside
 the map by default, PostgreSQL when ``state:`` names one).
+
+Integrity: every write to a batch (a transition, a row status, what a copy
+learnt about its rows) recomputes the batch's MAC — HMAC-SHA-256 under the
+deployment key, which lives beside the map or in the environment, never in
+the state store — over the batch's fields, its rows and the previous MAC.
+Before a step acts on a batch, :meth:`Journal.checked_batch` recomputes it:
+a state edited by hand (``copying`` turned into ``verified``) is found before
+anything is deleted.  The journal also records which source every copy came
+from, so a key arriving at one home from two sources is a conflict.
+
+The state store's tables carry a schema version (:data:`SCHEMA_VERSION`);
+an older version is migrated where that is simple, a newer one refused.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import hmac
 import json
-import os
 import secrets
-import signal
 import threading
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from domicile.errors import DomicileError
-
-STATES = ("pending", "copying", "copied", "verified", "deleting", "done", "failed")
-ALLOWED: dict[str, frozenset[str]] = {
-    "pending": frozenset({"copying"}),
-    "copying": frozenset({"copied", "failed"}),
-    "copied": frozenset({"verified", "failed"}),
-    "verified": frozenset({"deleting"}),
-    "deleting": frozenset({"done", "failed"}),
-    "failed": frozenset({"copying", "deleting"}),
-    "done": frozenset(),
-}
-
-CRASH_ENV = "DOMICILE_TEST_CRASH_AT"
-"""Test-only: ``state[:n]`` kills the process (SIGKILL) right after the n-th
-journal write of that state (``dataset-done`` fires between datasets)."""
-
-PAUSE_ENV = "DOMICILE_TEST_PAUSE_AT"
-"""Test-only: ``state:n:seconds`` sleeps after the n-th write of that state, so a
-test can take a store away while a run is between two steps."""
-
-md = sa.MetaData()
-runs = sa.Table(
-    "domicile_runs",
+from domicile.errors import ConfigError
+from domicile.run import hooks
+from domicile.run.journal_records import (
+    ALLOWED,
+    SCHEMA_VERSION,
+    STATES,
+    BatchRecord,
+    BatchRow,
+    Copy,
+    IllegalTransition,
+    JournalTampered,
+    RunRecord,
+    batch_mac,
+    batch_rows,
+    batches,
+    key_text,
+    key_values,
     md,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(20), nullable=False),  # running | done | incomplete | failed
-    sa.Column("scope", sa.Text, nullable=False),  # JSON list of jurisdictions
-    sa.Column("map_digest", sa.String(64), nullable=False),
-    sa.Column("plan", sa.Text, nullable=False),  # JSON
-    sa.Column("summary", sa.Text),  # JSON, written at the end
-)
-batches = sa.Table(
-    "domicile_batches",
-    md,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40), sa.ForeignKey("domicile_runs.id"), nullable=False),
-    sa.Column("dataset", sa.String(200), nullable=False),
-    sa.Column("source", sa.String(200), nullable=False),
-    sa.Column("pass_no", sa.Integer, nullable=False),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("lo", sa.Text),  # JSON key, exclusive; NULL = from the start
-    sa.Column("hi", sa.Text, nullable=False),  # JSON key, inclusive
-    sa.Column("state", sa.String(20), nullable=False),
-    sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("digest", sa.String(64)),  # batch digest, set when copied
-    sa.Column("counts", sa.Text),  # JSON: deleted, changed, vanished, deferred, ...
-    sa.Column("error", sa.Text),
-    sa.Column("failed_in", sa.String(10)),  # copy | delete: where a resume starts again
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("ix_domicile_batches_run", "run_id", "dataset", "source", "pass_no", "seq"),
-)
-batch_rows = sa.Table(
-    "domicile_batch_rows",
-    md,
-    sa.Column("batch_id", sa.Integer, sa.ForeignKey("domicile_batches.id"), primary_key=True),
-    sa.Column("key", sa.String(500), primary_key=True),  # canonical JSON of the key values
-    sa.Column("digest", sa.String(64), nullable=False),  # content digest as copied
-    sa.Column("targets", sa.Text, nullable=False),  # JSON list of home stores
-    sa.Column("dataset", sa.String(200), nullable=False),
-    # NULL: moving; dropped: changed or gone before the copy; deferred: parent not yet
-    # at home; kept-home: conflict resolved for home; changed / vanished: seen at delete
-    sa.Column("status", sa.String(20)),
-    # rows whose blob URL is rewritten at home digest differently there
-    sa.Column("home_digest", sa.String(64)),
-    # JSON: the row's object (store, key, version, sha256, home url) when it has one
-    sa.Column("blob", sa.Text),
-    sa.Index("ix_domicile_batch_rows_key", "dataset", "key"),
+    meta,
+    now,
+    runs,
+    state_connection,
+    state_errors,
 )
 
-
-def key_text(key: Sequence[Any]) -> str:
-    """Canonical JSON for a key tuple (stable, compact)."""
-    return json.dumps(list(key), default=str, separators=(",", ":"), ensure_ascii=False)
-
-
-def key_values(text: str | None) -> tuple[Any, ...] | None:
-    """The key tuple back from :func:`key_text`."""
-    return None if text is None else tuple(json.loads(text))
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run as the journal holds it."""
-
-    id: str
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
-    status: str
-    scope: tuple[str, ...]
-    map_digest: str
-    plan: dict[str, Any]
-    summary: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """One batch as the journal holds it."""
-
-    id: int
-    run_id: str
-    dataset: str
-    source: str
-    pass_no: int
-    seq: int
-    lo: tuple[Any, ...] | None
-    hi: tuple[Any, ...]
-    state: str
-    rows: int
-    digest: str | None
-    counts: dict[str, int]
-    error: str | None
-    failed_in: str | None
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    """A row of a batch: its key, its content digest as copied, and its homes."""
-
-    key: tuple[Any, ...]
-    digest: str
-    targets: tuple[str, ...]
-    status: str | None = None
-    home_digest: str | None = None
-    blob: dict[str, Any] | None = None
-
-    @property
-    def digest_at_home(self) -> str:
-        """The digest the row must have at home (differs when a blob URL was rewritten)."""
-        return self.home_digest or self.digest
-
-
-class IllegalTransition(DomicileError):
-    """A batch was asked to skip a step of the protocol (a bug, never user input)."""
+__all__ = [
+    "ALLOWED",
+    "SCHEMA_VERSION",
+    "STATES",
+    "BatchRecord",
+    "BatchRow",
+    "Copy",
+    "IllegalTransition",
+    "Journal",
+    "JournalTampered",
+    "RunRecord",
+    "batch_rows",
+    "batches",
+    "key_text",
+    "key_values",
+]
 
 
 class Journal:
-    """Runs and batches in the state store."""
+    """Runs and batches in the state store.
 
-    def __init__(self, engine: sa.Engine):
+    *mac_key* is the deployment key (see :mod:`domicile.keys`); a journal
+    opened without it can be read (status, report) but not written.
+    """
+
+    def __init__(self, engine: sa.Engine, mac_key: bytes | None = None):
         self.engine = engine
         self._lock = threading.Lock()
-        self._crash_counts: dict[str, int] = {}
-        md.create_all(engine)
+        self._mac_key = mac_key
+        self._sealed: dict[int, str] = {}  # batch id -> MAC already checked
+        with state_errors(engine, "opening the journal"):
+            self._prepare_schema()
+
+    def set_key(self, mac_key: bytes) -> None:
+        """Use *mac_key* to seal and check batches from now on."""
+        self._mac_key = mac_key
+
+    # -- schema ---------------------------------------------------------------
+
+    def _prepare_schema(self) -> None:
+        insp = sa.inspect(self.engine)
+        had_runs = insp.has_table(runs.name)
+        had_meta = insp.has_table(meta.name)
+        version = 1 if had_runs else SCHEMA_VERSION
+        if had_meta:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(meta.c.value).where(meta.c.name == "schema_version")
+                ).first()
+            if row is not None:
+                version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the state store was written by a newer domicile (journal schema {version}; "
+                f"this one knows up to {SCHEMA_VERSION})",
+                where=f"state store {self.engine.url.render_as_string(hide_password=True)}",
+                hint="upgrade domicile on this machine, or point state: at another store",
+            )
+        md.create_all(self.engine)
+        if version < 2:
+            # 1 -> 2: two nullable columns.  Batches of version 1 carry no MAC:
+            # they can be read, never acted on (checked_batch refuses them).
+            with self.engine.begin() as conn:
+                cols = {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}
+                if "depends" not in cols:
+                    conn.execute(sa.text("ALTER TABLE domicile_runs ADD COLUMN depends TEXT"))
+                cols = {c["name"] for c in sa.inspect(conn).get_columns(batches.name)}
+                if "mac" not in cols:
+                    conn.execute(sa.text("ALTER TABLE domicile_batches ADD COLUMN mac VARCHAR(64)"))
+        if version != SCHEMA_VERSION or not had_meta:
+            with self.engine.begin() as conn:
+                conn.execute(meta.delete().where(meta.c.name == "schema_version"))
+                conn.execute(meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
 
     # -- runs ---------------------------------------------------------------
 
-    def new_run(self, scope: Sequence[str], map_digest: str, plan: dict[str, Any]) -> str:
+    def new_run(
+        self,
+        scope: Sequence[str],
+        map_digest: str,
+        plan: dict[str, Any],
+        depends: dict[str, Any] | None = None,
+    ) -> str:
         """Record a new run; returns its id."""
-        run_id = f"r{_now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        with self._lock, self.engine.begin() as conn:
+        run_id = f"r{now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        with self._lock, self._begin("recording a new run") as conn:
             conn.execute(
                 runs.insert().values(
                     id=run_id,
-                    started_at=_now(),
+                    started_at=now(),
                     status="running",
                     scope=json.dumps(list(scope)),
                     map_digest=map_digest,
                     plan=json.dumps(plan),
+                    depends=json.dumps(depends) if depends is not None else None,
                 )
             )
         return run_id
@@ -202,37 +165,59 @@ class Journal:
             map_digest=row.map_digest,
             plan=json.loads(row.plan),
             summary=json.loads(row.summary) if row.summary else None,
+            depends=json.loads(row.depends) if row.depends else None,
         )
 
     def run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
-        with self.engine.connect() as conn:
+        with self._connect("reading the journal") as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
         return self._run(row) if row else None
 
     def runs(self) -> list[RunRecord]:
         """Every run, oldest first."""
-        with self.engine.connect() as conn:
+        with self._connect("reading the journal") as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.started_at, runs.c.id)).all()
         return [self._run(r) for r in rows]
 
     def unfinished(self) -> list[RunRecord]:
-        """Runs that did not end ``done`` (running, incomplete or failed)."""
-        return [r for r in self.runs() if r.status != "done"]
+        """Runs a new run must not start beside: running or failed, or with a batch not done.
+
+        A run that ended ``incomplete`` with every batch done (what is left is
+        for a new run: pinned rows, rows the application keeps changing) is
+        not unfinished; it can still be resumed by name.
+        """
+        out = []
+        for r in self.runs():
+            if r.status in ("done", "abandoned"):
+                continue
+            if r.status == "incomplete" and all(b.state == "done" for b in self.batches(r.id)):
+                continue
+            out.append(r)
+        return out
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:
         """Record how a run ended."""
-        with self._lock, self.engine.begin() as conn:
+        with self._lock, self._begin("recording the end of a run") as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
-                .values(status=status, finished_at=_now(), summary=json.dumps(summary))
+                .values(status=status, finished_at=now(), summary=json.dumps(summary))
             )
 
     def reopen(self, run_id: str) -> None:
         """Mark a run running again (resume)."""
-        with self._lock, self.engine.begin() as conn:
+        with self._lock, self._begin("reopening a run") as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(status="running"))
+
+    def abandon(self, run_id: str) -> None:
+        """Mark an unfinished run abandoned: it is never resumed; new runs may start."""
+        with self._lock, self._begin("abandoning a run") as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(status="abandoned", finished_at=now())
+            )
 
     # -- batches --------------------------------------------------------------
 
@@ -248,7 +233,8 @@ class Journal:
         rows: Sequence[BatchRow],
     ) -> int:
         """Record a batch and its rows, in state ``copying`` (before the copy)."""
-        with self._lock, self.engine.begin() as conn:
+        key = self._key()
+        with self._lock, self._begin("journalling a batch") as conn:
             result = conn.execute(
                 batches.insert().values(
                     run_id=run_id,
@@ -260,7 +246,7 @@ class Journal:
                     hi=key_text(hi),
                     state="copying",
                     rows=len(rows),
-                    updated_at=_now(),
+                    updated_at=now(),
                 )
             )
             inserted = result.inserted_primary_key
@@ -282,7 +268,8 @@ class Journal:
                         for r in rows
                     ],
                 )
-        self._maybe_crash("copying")
+            self._seal(conn, batch_id, key)
+        hooks.point("copying")
         return batch_id
 
     def _batch(self, row: Any) -> BatchRecord:
@@ -304,10 +291,60 @@ class Journal:
         )
 
     def batch(self, batch_id: int) -> BatchRecord:
-        """One batch."""
-        with self.engine.connect() as conn:
+        """One batch (as stored; see :meth:`checked_batch` before acting on it)."""
+        with self._connect("reading the journal") as conn:
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
         return self._batch(row)
+
+    def checked_batch(self, batch_id: int) -> BatchRecord:
+        """The batch, after checking its MAC; :class:`JournalTampered` if it does not match."""
+        key = self._key()
+        with self._connect("reading the journal") as conn:
+            row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+            self._check(conn, row, key)
+        return self._batch(row)
+
+    def _check(self, conn: sa.Connection, row: Any, key: bytes) -> None:
+        if row.mac is not None and self._sealed.get(row.id) == row.mac:
+            return
+        rows = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == row.id)).all()
+        if row.mac is None:
+            raise JournalTampered(
+                f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}) carries "
+                "no MAC: it was journalled by an older domicile or written outside domicile",
+                where="the journal",
+                hint=f"nothing was changed; abandon the run (domicile run --abandon "
+                f"{row.run_id}) and start a new one",
+            )
+        if not hmac.compare_digest(row.mac, batch_mac(key, row, rows)):
+            raise JournalTampered(
+                f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}, state "
+                f"{row.state}) does not match its MAC: the journal was edited outside domicile",
+                where="the journal",
+                hint="nothing was deleted; find who changed the state store, compare it with "
+                "the audit log (domicile audit verify), then abandon the run",
+            )
+        self._sealed[row.id] = row.mac
+
+    def _seal(self, conn: sa.Connection, batch_id: int, key: bytes) -> None:
+        row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+        rows = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == batch_id)).all()
+        mac = batch_mac(key, row, rows)
+        conn.execute(batches.update().where(batches.c.id == batch_id).values(mac=mac))
+        self._sealed[batch_id] = mac
+
+    def tampered(self) -> list[str]:
+        """Every batch whose MAC does not match (for ``audit verify``); [] when all do."""
+        key = self._key()
+        out: list[str] = []
+        with self._connect("reading the journal") as conn:
+            for row in conn.execute(sa.select(batches).order_by(batches.c.id)).all():
+                self._sealed.pop(row.id, None)
+                try:
+                    self._check(conn, row, key)
+                except JournalTampered as exc:
+                    out.append(exc.message)
+        return out
 
     def batches(
         self,
@@ -325,7 +362,7 @@ class Journal:
         if states is not None:
             q = q.where(batches.c.state.in_(list(states)))
         q = q.order_by(batches.c.pass_no, batches.c.dataset, batches.c.source, batches.c.seq)
-        with self.engine.connect() as conn:
+        with self._connect("reading the journal") as conn:
             return [self._batch(r) for r in conn.execute(q)]
 
     def rows(self, batch_id: int) -> list[BatchRow]:
@@ -334,7 +371,7 @@ class Journal:
         q = sa.select(c.key, c.digest, c.targets, c.status, c.home_digest, c.blob).where(
             c.batch_id == batch_id
         )
-        with self.engine.connect() as conn:
+        with self._connect("reading the journal") as conn:
             return [
                 BatchRow(
                     key_values(k) or (),
@@ -351,7 +388,9 @@ class Journal:
         """Record what a copy learnt about rows: digest at home, blob hash and location."""
         if not updates:
             return
-        with self._lock, self.engine.begin() as conn:
+        key = self._key()
+        with self._lock, self._begin("journalling copied rows") as conn:
+            self._check(conn, self._row(conn, batch_id), key)
             for r in updates:
                 conn.execute(
                     batch_rows.update()
@@ -362,13 +401,22 @@ class Journal:
                         blob=json.dumps(r.blob) if r.blob is not None else None,
                     )
                 )
+            self._seal(conn, batch_id, key)
 
-    def set_row_status(self, batch_id: int, keys: Iterable[Sequence[Any]], status: str) -> None:
+    def set_row_status(
+        self,
+        batch_id: int,
+        keys: Iterable[Sequence[Any]],
+        status: str,
+        conn: sa.Connection | None = None,
+    ) -> None:
         """Mark rows of a batch (see the ``status`` column)."""
         texts = [key_text(k) for k in keys]
         if not texts:
             return
-        with self._lock, self.engine.begin() as conn:
+        key = self._key()
+        with self._lock, self._begin("journalling row states") as conn:
+            self._check(conn, self._row(conn, batch_id), key)
             for start in range(0, len(texts), 500):
                 conn.execute(
                     batch_rows.update()
@@ -378,21 +426,54 @@ class Journal:
                     )
                     .values(status=status)
                 )
+            self._seal(conn, batch_id, key)
 
-    def copied_before(self, dataset: str, target: str, key: Sequence[Any], digest: str) -> bool:
-        """True when some batch copied exactly this content of this key to *target*.
+    def copies(
+        self, dataset: str, target: str, keys: Iterable[Sequence[Any]]
+    ) -> dict[str, list[Copy]]:
+        """Every journalled copy of these keys of *dataset* to *target*, by key text.
 
-        Tells domicile's own stale copy at home (the source row changed after it
-        was copied) from a genuine conflict (home holds content domicile never
-        wrote there).
+        Tells domicile's own copy at home (and from which source it came)
+        from content domicile never wrote there.  Each batch relied upon has
+        its MAC checked: a forged journal row cannot make a foreign row at
+        home look like domicile's own.
         """
-        q = sa.select(batch_rows.c.targets).where(
-            batch_rows.c.dataset == dataset,
-            batch_rows.c.key == key_text(key),
-            sa.or_(batch_rows.c.digest == digest, batch_rows.c.home_digest == digest),
-        )
-        with self.engine.connect() as conn:
-            return any(target in json.loads(t) for (t,) in conn.execute(q))
+        texts = [key_text(k) for k in keys]
+        out: dict[str, list[Copy]] = {}
+        if not texts:
+            return out
+        key = self._key()
+        r, b = batch_rows.c, batches.c
+        with self._connect("reading the journal") as conn:
+            checked: set[int] = set()
+            for start in range(0, len(texts), 500):
+                q = (
+                    sa.select(r.key, r.digest, r.home_digest, r.targets, r.batch_id, b.source)
+                    .join(batches, b.id == r.batch_id)
+                    .where(r.dataset == dataset, r.key.in_(texts[start : start + 500]))
+                )
+                for k, d, hd, t, batch_id, source in conn.execute(q):
+                    if target not in json.loads(t):
+                        continue
+                    if batch_id not in checked:
+                        self._check(conn, self._row(conn, batch_id), key)
+                        checked.add(batch_id)
+                    out.setdefault(k, []).append(Copy(batch_id, source, d, hd))
+        return out
+
+    def check_batches(self, batch_ids: Iterable[int]) -> None:
+        """Check the MAC of each batch (:class:`JournalTampered` on the first that fails)."""
+        key = self._key()
+        with self._connect("reading the journal") as conn:
+            for batch_id in sorted(set(batch_ids)):
+                self._check(conn, self._row(conn, batch_id), key)
+
+    def copied_before(
+        self, dataset: str, target: str, key: Sequence[Any], digest: str, source: str
+    ) -> bool:
+        """True when a batch from *source* copied exactly this content of *key* to *target*."""
+        found = self.copies(dataset, target, [key]).get(key_text(key), [])
+        return any(c.source == source and digest in (c.digest, c.home_digest) for c in found)
 
     def transition(
         self,
@@ -405,10 +486,10 @@ class Journal:
         failed_in: str | None = None,
     ) -> None:
         """Move a batch to *new_state*, refusing any step the protocol does not allow."""
-        with self._lock, self.engine.begin() as conn:
-            current = conn.execute(
-                sa.select(batches.c.state, batches.c.counts).where(batches.c.id == batch_id)
-            ).one()
+        key = self._key()
+        with self._lock, self._begin("journalling a batch state") as conn:
+            current = self._row(conn, batch_id)
+            self._check(conn, current, key)
             counts_text: str | None = current.counts
             if new_state not in ALLOWED[current.state]:
                 raise IllegalTransition(
@@ -417,7 +498,7 @@ class Journal:
                 )
             values: dict[str, Any] = {
                 "state": new_state,
-                "updated_at": _now(),
+                "updated_at": now(),
                 "error": error,
                 "failed_in": failed_in,
             }
@@ -428,22 +509,28 @@ class Journal:
                 merged.update(counts)
                 values["counts"] = json.dumps(merged)
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
-        self._maybe_crash(new_state)
+            self._seal(conn, batch_id, key)
+        hooks.point(new_state)
 
     def mark(self, event: str) -> None:
         """A named point between steps (``dataset-done``) for crash tests."""
-        self._maybe_crash(event)
+        hooks.point(event)
 
-    def _maybe_crash(self, state: str) -> None:
-        crash, pause = os.environ.get(CRASH_ENV), os.environ.get(PAUSE_ENV)
-        if not crash and not pause:
-            return
-        self._crash_counts[state] = count = self._crash_counts.get(state, 0) + 1
-        if crash:
-            name, _, nth = crash.partition(":")
-            if name == state and count >= int(nth or 1):
-                os.kill(os.getpid(), signal.SIGKILL)
-        if pause:
-            name, nth, seconds = [*pause.split(":"), "1", "1"][:3]
-            if name == state and count == int(nth):
-                time.sleep(float(seconds))
+    # -- plumbing ---------------------------------------------------------------
+
+    def _row(self, conn: sa.Connection, batch_id: int) -> Any:
+        return conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+
+    def _key(self) -> bytes:
+        if self._mac_key is None:
+            raise ConfigError(
+                "the journal was opened without the deployment key",
+                hint="this is a bug in domicile: a run opens the journal with its key",
+            )
+        return self._mac_key
+
+    def _connect(self, doing: str) -> Any:
+        return state_connection(self.engine, doing, begin=False)
+
+    def _begin(self, doing: str) -> Any:
+        return state_connection(self.engine, doing, begin=True)

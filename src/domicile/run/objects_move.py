@@ -19,11 +19,12 @@ from domicile.connectors.objects import ObjectStore
 from domicile.errors import ConflictError, VerificationError
 from domicile.model import Dataset
 from domicile.placement import classify, home_store
-from domicile.run.journal import BatchRecord, BatchRow
+from domicile.run.conflict import Decision, decide
+from domicile.run.journal import BatchRecord, BatchRow, key_text
 from domicile.scan_objects import unconditional_waivers
 
 if TYPE_CHECKING:
-    from domicile.run.executor import RunContext
+    from domicile.run.context import RunContext
 
 
 class ObjectMover:
@@ -77,20 +78,26 @@ class ObjectMover:
             existing = home.stat(key)
             if existing is not None:
                 at_home = home.sha256(key)
-                at_source = self.source.sha256(key)
-                if at_home == at_source:
-                    pass  # already home (a resumed copy)
-                elif not journal.copied_before(self.ds.name, home.name, r.key, at_home) and (
-                    self.ctx.map.on_conflict == "fail"
-                ):
+                copies = journal.copies(self.ds.name, home.name, [r.key]).get(key_text(r.key), [])
+                decision = decide(
+                    at_home, self.source.sha256(key), copies, self.source.name,
+                    self.ctx.map.on_conflict,
+                )  # fmt: skip
+                if decision in (Decision.CONFLICT, Decision.CONFLICT_OTHER_SOURCE):
                     raise ConflictError(
-                        f"object {key} is already at {home.name} with different content",
+                        f"object {key} is already at {home.name} with different content"
+                        + (
+                            ", copied there from another source"
+                            if decision is Decision.CONFLICT_OTHER_SOURCE
+                            else ""
+                        ),
                         where=f"batch {batch.id} ({self.ds.name} from {self.source.name})",
-                        hint="compare both; set on_conflict: keep-home or overwrite, then resume",
+                        hint="compare both; set on_conflict: keep-home or overwrite, then resume"
+                        if decision is Decision.CONFLICT
+                        else "two sources hold different objects under one key: give them "
+                        "different homes or keys",
                     )
-                elif self.ctx.map.on_conflict == "keep-home" and not journal.copied_before(
-                    self.ds.name, home.name, r.key, at_home
-                ):
+                if decision is Decision.KEEP_HOME:
                     blob = dict(r.blob, sha256=at_home, kept_home=True)
                     updated.append(BatchRow(r.key, at_home, r.targets, None, None, blob))
                     continue
@@ -165,14 +172,14 @@ class ObjectMover:
         return self.source.stat(r.key[0]) is not None
 
     # by id, for the executor's retries
-    def copy_batch(self, batch_id: int) -> None:
+    def copy_batch(self, batch_id: int, values: Any | None = None) -> None:
         """:meth:`copy` for the batch as the journal holds it now."""
-        self.copy(self.ctx.journal.batch(batch_id))
+        self.copy(self.ctx.journal.checked_batch(batch_id))
 
     def verify_batch(self, batch_id: int) -> None:
         """:meth:`verify` for the batch as the journal holds it now."""
-        self.verify(self.ctx.journal.batch(batch_id))
+        self.verify(self.ctx.journal.checked_batch(batch_id))
 
     def delete_batch(self, batch_id: int) -> int:
         """:meth:`delete` for the batch as the journal holds it now."""
-        return self.delete(self.ctx.journal.batch(batch_id))
+        return self.delete(self.ctx.journal.checked_batch(batch_id))

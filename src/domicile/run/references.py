@@ -19,7 +19,7 @@ from domicile.run.rows import chunks, key_in
 
 if TYPE_CHECKING:
     from domicile.connectors.sql import SqlStore
-    from domicile.run.executor import RunContext
+    from domicile.run.context import RunContext
 
 MAX_DEPTH = 16  # reference chains deeper than this are a cycle in the catalogue
 

@@ -2,53 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
+from domicile.connectors.keys import (
+    KEY_CHUNK,
+    chunks,
+    key_columns,
+    key_in,
+    key_in_for,
+    key_of,
+    select_by_keys,
+)
 from domicile.digest import RowEncoder
 
-KEY_CHUNK = 500  # keys per IN-list: under every engine's parameter limit
-
-
-def key_columns(table: sa.Table, key: Sequence[str]) -> list[sa.Column[Any]]:
-    """The table's key columns, in key order."""
-    return [table.c[k] for k in key]
-
-
-def key_of(values: Mapping[str, Any], key: Sequence[str]) -> tuple[Any, ...]:
-    """The key tuple of a row."""
-    return tuple(values[k] for k in key)
-
-
-def key_in(
-    table: sa.Table, key: Sequence[str], keys: Sequence[Sequence[Any]]
-) -> sa.ColumnElement[bool]:
-    """``key IN (...)`` for single or composite keys."""
-    cols = key_columns(table, key)
-    if len(cols) == 1:
-        return cols[0].in_([k[0] for k in keys])
-    return sa.tuple_(*cols).in_([tuple(k) for k in keys])
-
-
-def key_in_for(
-    dialect: str, table: sa.Table, key: Sequence[str], keys: Sequence[Sequence[Any]]
-) -> sa.ColumnElement[bool]:
-    """:func:`key_in`, as ``= ANY(array)`` on PostgreSQL for a one-column key.
-
-    One array parameter keeps the statement text the same for every batch, so
-    neither SQLAlchemy nor the server compiles it again (an IN-list of 500
-    placeholders was half the cost of these look-ups there).
-    """
-    cols = key_columns(table, key)
-    if dialect == "postgresql" and len(cols) == 1:
-        values = [k[0] for k in keys]
-        param = sa.bindparam("_dm_keys", values, type_=postgresql.ARRAY(cols[0].type))
-        return cols[0] == sa.any_(param)
-    return key_in(table, key, keys)
+__all__ = [
+    "KEY_CHUNK",
+    "chunks",
+    "digest_hex",
+    "key_after",
+    "key_columns",
+    "key_in",
+    "key_in_for",
+    "key_of",
+    "normalize_key",
+    "select_by_keys",
+    "shared_columns",
+    "unused_prefix",
+]
 
 
 def key_after(table: sa.Table, key: Sequence[str], after: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -57,12 +41,6 @@ def key_after(table: sa.Table, key: Sequence[str], after: Sequence[Any]) -> sa.C
     if len(cols) == 1:
         return cols[0] > after[0]
     return sa.tuple_(*cols) > sa.tuple_(*[sa.literal(v) for v in after])
-
-
-def chunks(items: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:
-    """Consecutive slices of at most *size* items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def normalize_key(table: sa.Table, key: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:
@@ -84,25 +62,6 @@ def normalize_key(table: sa.Table, key: Sequence[str], values: Sequence[Any]) ->
     return tuple(out)
 
 
-def select_by_keys(
-    conn: sa.Connection,
-    table: sa.Table,
-    key: Sequence[str],
-    keys: Sequence[Sequence[Any]],
-    for_update: bool = False,
-) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The rows with these keys, by key (chunked IN-lists; optionally locked)."""
-    found: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for chunk in chunks(list(keys)):
-        q = sa.select(table).where(key_in_for(conn.dialect.name, table, key, chunk))
-        if for_update and conn.dialect.name != "sqlite":
-            q = q.with_for_update()
-        for row in conn.execute(q).mappings():
-            values = dict(row)
-            found[key_of(values, key)] = values
-    return found
-
-
 @lru_cache(maxsize=256)
 def _encoder(columns: tuple[sa.Column[Any], ...]) -> RowEncoder:
     return RowEncoder(columns)
@@ -120,3 +79,16 @@ def shared_columns(source: sa.Table, target: sa.Table) -> list[sa.Column[Any]]:
     a default) does not make every row look different.
     """
     return [target.c[c.name] for c in source.columns if c.name in target.c]
+
+
+def unused_prefix(base: str, names: Iterable[str]) -> str:
+    """*base*, lengthened until no name in *names* starts with it.
+
+    Names domicile makes up (bind parameters, labels) beside a user's columns
+    must never equal one of them, whatever the user called their columns.
+    """
+    taken = list(names)
+    prefix = base
+    while any(n.startswith(prefix) for n in taken):
+        prefix = "_" + prefix
+    return prefix

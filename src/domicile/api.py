@@ -1,0 +1,225 @@
+"""domicile as a library: one function per command, each returning a typed result.
+
+The command line (:mod:`domicile.cli`) and the service are thin shells over
+these functions: they parse, call, and render.  Every function takes the
+data map's path (or a loaded :class:`~domicile.model.DataMap`) and raises a
+:class:`~domicile.errors.DomicileError` for anything a user did or met; the
+shells map those to exit codes or HTTP statuses in one place each.
+
+>>> from domicile import api
+>>> census = api.scan("domicile.yaml")          # doctest: +SKIP
+>>> result = api.run("domicile.yaml", api.RunOptions(scope=["US"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domicile.datamap import load_map
+from domicile.errors import ConfigError, DomicileError
+from domicile.fleet import Fleet
+from domicile.model import DataMap
+from domicile.plan import DEFAULT_BATCH_SIZE, Plan
+from domicile.run.audit_events import RunAudit
+from domicile.run.executor import Progress, RunOptions, RunResult, execute, plan_for
+from domicile.run.executor import abandon as _abandon
+from domicile.run.journal import BatchRecord, Journal, RunRecord
+from domicile.run.lease import Holder, current_holder
+from domicile.scan import Census
+from domicile.scan import scan as _scan
+from domicile.state import state_engine
+
+__all__ = [
+    "CheckResult",
+    "RunOptions",
+    "RunResult",
+    "StatusResult",
+    "StoreCheck",
+    "VerifyResult",
+    "abandon",
+    "check",
+    "journal",
+    "load",
+    "plan",
+    "run",
+    "scan",
+    "status",
+    "verify",
+]
+
+MapLike = DataMap | Path | str
+
+
+def load(config: MapLike) -> DataMap:
+    """The data map, loaded and validated (a loaded map is returned as is)."""
+    return config if isinstance(config, DataMap) else load_map(Path(config))
+
+
+def journal(m: DataMap) -> Journal:
+    """The map's journal (read-only until a run opens it with the deployment key)."""
+    return Journal(state_engine(m.state, m.base_dir))
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """One store reached (or not) by :func:`check`."""
+
+    name: str
+    display_url: str
+    version: str | None
+    error: DomicileError | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What :func:`check` found: every store, and notes (missing identity markers)."""
+
+    map: DataMap
+    stores: list[StoreCheck]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every store was reached and every check passed."""
+        return all(s.error is None for s in self.stores)
+
+
+def check(config: MapLike, on_store: Callable[[StoreCheck], None] | None = None) -> CheckResult:
+    """Validate the map and reach every store; then check datasets, keys and identities.
+
+    Changes nothing anywhere.  Raises the first store's error after every
+    store was tried (*on_store* sees each as it is reached), then any problem
+    with a dataset, a key or two names for one place.
+    """
+    m = load(config)
+    stores: list[StoreCheck] = []
+    with Fleet(m) as fleet:
+        for name, version, error in fleet.check_stores():
+            s = StoreCheck(name, m.stores[name].display_url, version, error)
+            stores.append(s)
+            if on_store is not None:
+                on_store(s)
+        failed = next((s.error for s in stores if s.error is not None), None)
+        if failed is not None:
+            raise failed
+        fleet.validate()
+        fleet.check_unique_keys()
+        notes = fleet.check_identities(write_markers=False)
+    return CheckResult(m, stores, notes)
+
+
+def scan(config: MapLike) -> Census:
+    """The census: where each jurisdiction's records sit, and which break the rule."""
+    m = load(config)
+    with Fleet(m) as fleet:
+        return _scan(fleet)
+
+
+def plan(
+    config: MapLike, scope: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[Census, Plan]:
+    """The census and the moves that would bring every violating record of *scope* home."""
+    m = load(config)
+    with Fleet(m) as fleet:
+        return plan_for(fleet, list(scope) if scope else None, batch_size)
+
+
+def run(
+    config: MapLike,
+    options: RunOptions | None = None,
+    *,
+    resume: str | None = None,
+    progress: Progress | None = None,
+    confirm_resume: Callable[[RunRecord], bool] | None = None,
+) -> RunResult:
+    """Bring it home (or resume *resume*); see :func:`domicile.run.executor.execute`.
+
+    Owns the resume and lock rules: one run per state store (a lease), and a
+    new run is refused while another is unfinished unless *confirm_resume*
+    agrees to resume it.
+    """
+    m = load(config)
+    j = journal(m)
+    audit = RunAudit(m, j.engine)
+    return execute(
+        m,
+        j,
+        options or RunOptions(),
+        resume=resume,
+        audit=audit,
+        progress=progress,
+        confirm_resume=confirm_resume,
+    )
+
+
+def abandon(config: MapLike, run_id: str) -> None:
+    """Give up an unfinished run: never resumed; new runs may start."""
+    m = load(config)
+    j = journal(m)
+    _abandon(m, j, run_id, RunAudit(m, j.engine))
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """Every run (``run`` None) or one run with its batches; and who holds the lease."""
+
+    runs: list[RunRecord]
+    run: RunRecord | None
+    batches: list[BatchRecord]
+    lease: Holder | None
+
+
+def status(config: MapLike, run_id: str | None = None) -> StatusResult:
+    """Where runs stand."""
+    m = load(config)
+    j = journal(m)
+    holder = current_holder(j.engine)
+    if run_id is None:
+        return StatusResult(j.runs(), None, [], holder)
+    record = j.run(run_id)
+    if record is None:
+        raise ConfigError(
+            f"run '{run_id}' is not in the journal", hint="domicile status lists the runs"
+        )
+    return StatusResult([record], record, j.batches(run_id), holder)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A fresh scan's verdict for a scope of jurisdictions."""
+
+    scope: list[str]
+    census: Census
+    left: int
+
+    @property
+    def verified(self) -> bool:
+        """True when no record of the scope is out of place."""
+        return self.left == 0
+
+
+def verify(config: MapLike, run_id: str | None = None) -> VerifyResult:
+    """A fresh scan: are the run's (or every) jurisdictions' records all where they may be?"""
+    m = load(config)
+    scope: list[str] = list(m.jurisdictions)
+    if run_id is not None:
+        record = journal(m).run(run_id)
+        if record is None:
+            raise ConfigError(f"run '{run_id}' is not in the journal")
+        scope = list(record.scope)
+    with Fleet(m) as fleet:
+        fleet.check_identities(write_markers=False)  # two names for one place prove nothing
+        census = _scan(fleet)
+    return VerifyResult(scope, census, census.violations_in(scope))
+
+
+def report_data(config: MapLike, run_id: str | None = None) -> dict[str, Any]:
+    """The residency report's data (JSON-ready) for a run (default: the latest)."""
+    from domicile.report import report_data as _report_data
+
+    m = load(config)
+    j = journal(m)
+    return _report_data(m, j, j.engine, run_id)

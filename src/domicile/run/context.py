@@ -1,0 +1,197 @@
+"""What the steps of one run share: the map, the fleet, the journal, options and helpers.
+
+Also :func:`preflight`, which creates or checks every home table a plan needs
+before any row moves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from domicile.connectors.schema import copy_tables, missing_columns
+from domicile.errors import ConfigError
+from domicile.fleet import Fleet, Location
+from domicile.model import DataMap, Dataset
+from domicile.plan import Plan, order_datasets
+from domicile.run.journal import BatchRecord, Journal
+from domicile.run.retry import Retry, Throttle
+from domicile.run.stop import StopFlag
+from domicile.scan import Directory
+
+Progress = Callable[[str, str, int], None]  # (event, dataset, rows)
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    """How a run behaves (the CLI's options)."""
+
+    scope: Sequence[str] = ()
+    workers: int = 1
+    batch_size: int = 2000
+    max_rows_per_second: float | None = None
+    max_passes: int = 5
+    retries: int = 5
+    backoff: float = 0.5
+    break_lease: bool = False
+
+
+class RunContext:
+    """What the movers of one run share: map, fleet, journal, scope and helpers."""
+
+    def __init__(
+        self,
+        m: DataMap,
+        fleet: Fleet,
+        journal: Journal,
+        run_id: str,
+        plan: Plan,
+        options: RunOptions,
+        events: EventSink | None,
+        progress: Progress | None,
+    ):
+        self.map = m
+        self.fleet = fleet
+        self.journal = journal
+        self.run_id = run_id
+        self.plan = plan
+        self.scope = plan.scope
+        self.options = options
+        self.today = dt.datetime.now(dt.UTC).date()
+        self.directory = Directory(fleet)
+        self.retry = Retry(options.retries, options.backoff)
+        self.throttle = Throttle(options.max_rows_per_second)
+        self.stop = StopFlag()
+        self._events = events
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._targets: dict[tuple[str, str], Location] = {}
+        self._reference_tables = {
+            d.table for d in m.datasets.values() if d.reference and d.table is not None
+        }
+        self.counts: dict[str, int] = {}
+        personal = [d.name for d in m.datasets.values() if d.is_sql and not d.reference]
+        edges: dict[str, set[str]] = {}
+        table_to_dataset = {d.table: d.name for d in m.datasets.values() if d.table}
+        for fk in fleet.foreign_keys():
+            parent = table_to_dataset.get(fk.referred_table)
+            if parent in personal:
+                edges.setdefault(fk.dataset, set()).add(parent)
+        # every personal dataset in foreign-key order: a resume may need one the
+        # current plan no longer lists (its last batch was mid-delete)
+        self.order = order_datasets(personal, edges)[0]
+
+    def is_reference_table(self, table: str) -> bool:
+        """True when *table* is a reference dataset's table."""
+        return table in self._reference_tables
+
+    def existing_target(self, ds: Dataset, store: str) -> Location | None:
+        """The dataset's table at *store*, if it exists there."""
+        assert ds.table is not None
+        with self._lock:
+            if (ds.name, store) in self._targets:
+                return self._targets[(ds.name, store)]
+        sql = self.fleet.sql[store]
+        if not sql.has_table(ds.table):
+            return None
+        return self.target(ds, store, None)
+
+    def target(self, ds: Dataset, store: str, source: Location | None) -> Location:
+        """The dataset's table at home *store*, created from *source*'s definition if missing.
+
+        A home table that lacks a column of the source is refused before any
+        row is written: domicile never drops data to make rows fit.
+        """
+        assert ds.table is not None
+        with self._lock:
+            if (ds.name, store) in self._targets:
+                return self._targets[(ds.name, store)]
+            sql = self.fleet.sql[store]
+            if source is None and not sql.has_table(ds.table):
+                raise ConfigError(f"table {ds.table} is missing at {store}")
+            if source is not None:
+                # the dataset's table and the reference tables its rows point to
+                refs = [
+                    source.store.table(t)
+                    for t in self._reference_closure(source.store, source.table)
+                ]
+                wanted = [*refs, source.table]
+                if not all(sql.has_table(t.name) for t in wanted):
+                    copy_tables(wanted, sql.engine)  # existing tables are left untouched
+                    for t in wanted:
+                        sql.forget(t.name)
+                    for d in self.map.datasets.values():
+                        if d.table in {t.name for t in wanted}:
+                            self.fleet.refresh(d.name)
+            table = sql.table(ds.table)
+            if source is not None:
+                missing = missing_columns(source.table, table)
+                if missing:
+                    raise ConfigError(
+                        f"table {ds.table} at home store {store} lacks column(s) "
+                        f"{', '.join(missing)} that {source.store.name} has",
+                        where=f"dataset {ds.name}",
+                        hint="add the columns at home (ALTER TABLE ... ADD COLUMN), then run "
+                        "again; nothing was moved",
+                    )
+            loc = Location(sql, table, source.key if source else self._key(ds, table))
+            self._targets[(ds.name, store)] = loc
+            return loc
+
+    def _key(self, ds: Dataset, table: sa.Table) -> tuple[str, ...]:
+        return ds.key or tuple(c.name for c in table.primary_key.columns)
+
+    def _reference_closure(self, store: Any, table: sa.Table) -> list[str]:
+        out: list[str] = []
+        todo = [table]
+        while todo:
+            t = todo.pop()
+            for fk in t.foreign_key_constraints:
+                name = fk.referred_table.name
+                if self.is_reference_table(name) and name not in out:
+                    out.append(name)
+                    todo.append(store.table(name))
+        return list(reversed(out))
+
+    def emit(self, kind: str, batch: BatchRecord, **fields: Any) -> None:
+        """An event for the audit log (digests and counts only, never personal data)."""
+        if self._events is None:
+            return
+        event: dict[str, Any] = {
+            "type": kind,
+            "run": self.run_id,
+            "batch": batch.id,
+            "dataset": batch.dataset,
+            "source": batch.source,
+        }
+        rows = fields.pop("rows", None)
+        if rows is not None:
+            event["row_digests"] = list(rows)  # the sink reduces them to a Merkle root
+        event.update(fields)
+        self._events(event)
+
+    def progress(self, event: str, dataset: str, rows: int) -> None:
+        """Report progress and add to the run's counts."""
+        with self._lock:
+            self.counts[event] = self.counts.get(event, 0) + rows
+        if self._progress is not None:
+            self._progress(event, dataset, rows)
+
+
+def preflight(ctx: RunContext) -> None:
+    """Create or check every home table the plan needs before any row moves."""
+    for dataset in ctx.plan.copy_order:
+        ds = ctx.map.datasets[dataset]
+        if not ds.is_sql:
+            continue
+        for move in ctx.plan.moves:
+            if move.dataset == dataset:
+                source = ctx.fleet.location(dataset, move.source)
+                if source is not None:
+                    ctx.target(ds, move.target, source)

@@ -1,0 +1,240 @@
+"""The journal's tables and records, its MAC, and how state-store failures read.
+
+:mod:`domicile.run.journal` is the only writer of these tables; this module
+holds what it writes: the schema (versioned, see :data:`SCHEMA_VERSION`), the
+frozen records it returns, and :func:`batch_mac`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from domicile.errors import AuditIntegrityError, DomicileError, StateStoreError
+
+STATES = ("copying", "copied", "verified", "deleting", "done", "failed")
+"""A batch is journalled straight into ``copying``, with its keys and digests."""
+ALLOWED: dict[str, frozenset[str]] = {
+    "copying": frozenset({"copied", "failed"}),
+    "copied": frozenset({"verified", "failed"}),
+    "verified": frozenset({"deleting"}),
+    "deleting": frozenset({"done", "failed"}),
+    "failed": frozenset({"copying", "deleting"}),
+    "done": frozenset(),
+}
+
+SCHEMA_VERSION = 2
+"""1: the first release (no MACs, no run dependencies); 2: batch MACs, the
+map's dependencies per run, the meta table."""
+
+md = sa.MetaData()
+meta = sa.Table(
+    "domicile_meta",
+    md,
+    sa.Column("name", sa.String(50), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+runs = sa.Table(
+    "domicile_runs",
+    md,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | incomplete | failed
+    sa.Column("scope", sa.Text, nullable=False),  # JSON list of jurisdictions
+    sa.Column("map_digest", sa.String(64), nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),  # JSON
+    sa.Column("summary", sa.Text),  # JSON, written at the end
+    # JSON: what of the map the run depends on (stores, homes, datasets, keys)
+    sa.Column("depends", sa.Text),
+)
+batches = sa.Table(
+    "domicile_batches",
+    md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("domicile_runs.id"), nullable=False),
+    sa.Column("dataset", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("pass_no", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("lo", sa.Text),  # JSON key, exclusive; NULL = from the start
+    sa.Column("hi", sa.Text, nullable=False),  # JSON key, inclusive
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("digest", sa.String(64)),  # batch digest, set when copied
+    sa.Column("counts", sa.Text),  # JSON: deleted, changed, vanished, deferred, ...
+    sa.Column("error", sa.Text),
+    sa.Column("failed_in", sa.String(10)),  # copy | delete: where a resume starts again
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("mac", sa.String(64)),  # HMAC of the batch and its rows (see module doc)
+    sa.Index("ix_domicile_batches_run", "run_id", "dataset", "source", "pass_no", "seq"),
+)
+batch_rows = sa.Table(
+    "domicile_batch_rows",
+    md,
+    sa.Column("batch_id", sa.Integer, sa.ForeignKey("domicile_batches.id"), primary_key=True),
+    sa.Column("key", sa.String(500), primary_key=True),  # canonical JSON of the key values
+    sa.Column("digest", sa.String(64), nullable=False),  # content digest as copied
+    sa.Column("targets", sa.Text, nullable=False),  # JSON list of home stores
+    sa.Column("dataset", sa.String(200), nullable=False),
+    # NULL: moving; dropped: changed or gone before the copy; deferred: parent not yet
+    # at home; kept-home: conflict resolved for home; changed / vanished: seen at delete
+    sa.Column("status", sa.String(20)),
+    # rows whose blob URL is rewritten at home digest differently there
+    sa.Column("home_digest", sa.String(64)),
+    # JSON: the row's object (store, key, version, sha256, home url) when it has one
+    sa.Column("blob", sa.Text),
+    sa.Index("ix_domicile_batch_rows_key", "dataset", "key"),
+)
+
+
+def key_text(key: Sequence[Any]) -> str:
+    """Canonical JSON for a key tuple (stable, compact)."""
+    return json.dumps(list(key), default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+def key_values(text: str | None) -> tuple[Any, ...] | None:
+    """The key tuple back from :func:`key_text`."""
+    return None if text is None else tuple(json.loads(text))
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the journal holds it."""
+
+    id: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    status: str
+    scope: tuple[str, ...]
+    map_digest: str
+    plan: dict[str, Any]
+    summary: dict[str, Any] | None
+    depends: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch as the journal holds it."""
+
+    id: int
+    run_id: str
+    dataset: str
+    source: str
+    pass_no: int
+    seq: int
+    lo: tuple[Any, ...] | None
+    hi: tuple[Any, ...]
+    state: str
+    rows: int
+    digest: str | None
+    counts: dict[str, int]
+    error: str | None
+    failed_in: str | None
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A row of a batch: its key, its content digest as copied, and its homes."""
+
+    key: tuple[Any, ...]
+    digest: str
+    targets: tuple[str, ...]
+    status: str | None = None
+    home_digest: str | None = None
+    blob: dict[str, Any] | None = None
+
+    @property
+    def digest_at_home(self) -> str:
+        """The digest the row must have at home (differs when a blob URL was rewritten)."""
+        return self.home_digest or self.digest
+
+
+class IllegalTransition(DomicileError):
+    """A batch was asked to skip a step of the protocol (a bug, never user input)."""
+
+
+class JournalTampered(AuditIntegrityError):
+    """A journal record does not carry a valid MAC: it was edited outside domicile."""
+
+
+BATCH_FIELDS = (
+    "run_id", "id", "dataset", "source", "pass_no", "seq", "lo", "hi",
+    "state", "rows", "digest", "counts", "error", "failed_in",
+)  # fmt: skip
+ROW_FIELDS = ("key", "digest", "targets", "status", "home_digest", "blob")
+
+
+def batch_mac(key: bytes, batch: Any, rows: Iterable[Any]) -> str:
+    """HMAC-SHA-256 over a batch's stored fields and its rows' stored fields.
+
+    Computed over the texts exactly as stored (JSON keys, counts), so that a
+    read-back recomputes the same bytes on every state-store engine.
+    """
+    lines = sorted(json.dumps([getattr(r, f) for f in ROW_FIELDS]) for r in rows)
+    body = json.dumps([getattr(batch, f) for f in BATCH_FIELDS], default=str)
+    h = hmac.new(key, b"domicile.journal.v2\n" + body.encode(), hashlib.sha256)
+    for line in lines:
+        h.update(b"\n" + line.encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One journalled copy of a key to a home: which batch and source, and what content."""
+
+    batch_id: int
+    source: str
+    digest: str
+    home_digest: str | None
+
+    @property
+    def digest_at_home(self) -> str:
+        """The digest the copy had at home."""
+        return self.home_digest or self.digest
+
+
+@contextmanager
+def state_errors(engine: sa.Engine, doing: str) -> Iterator[None]:
+    """Turn a state-store failure into a clear, resumable error (never a traceback)."""
+    try:
+        yield
+    except DomicileError:
+        raise
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        text = detail[0] if detail else type(exc).__name__
+        url = engine.url.render_as_string(hide_password=True)
+        lowered = text.lower()
+        if "readonly" in lowered or "read-only" in lowered or "read only" in lowered:
+            hint = "the state store is read-only: make it writable, then resume"
+        elif "full" in lowered or "no space" in lowered:
+            hint = "the state store's disk is full: free space, then resume"
+        elif "locked" in lowered:
+            hint = "another process holds the state store's lock: wait, then try again"
+        else:
+            hint = "check that the state store is reachable and writable, then resume"
+        raise StateStoreError(f"{doing}: {text}", where=f"state store {url}", hint=hint) from exc
+
+
+@contextmanager
+def state_connection(engine: sa.Engine, doing: str, *, begin: bool) -> Iterator[sa.Connection]:
+    with state_errors(engine, doing):
+        if begin:
+            with engine.begin() as conn:
+                yield conn
+        else:
+            with engine.connect() as conn:
+                yield conn

@@ -1,0 +1,155 @@
+"""The pass loop: copy and verify in copy order, then compare-and-delete in delete order.
+
+Each (dataset, source) pair is walked batch by batch; each batch is driven
+through the protocol by :func:`domicile.run.protocol.settle`, never by this
+module.  A stop asked for by a signal is honoured between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from domicile.connectors.objects import ObjectStore
+from domicile.fleet import Location
+from domicile.model import Dataset
+from domicile.run.batch import Mover
+from domicile.run.context import RunContext
+from domicile.run.journal import BatchRow
+from domicile.run.objects_move import ObjectMover
+from domicile.run.protocol import BatchState, Payload, settle
+
+
+def _copy_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> None:
+    mover = Mover(ctx, ds, source)
+    journal = ctx.journal
+    batches = journal.batches(ctx.run_id, ds.name, source.store.name)
+    current = [b for b in batches if b.pass_no == pass_no]
+    for b in current:  # a resume: finish the copy of what this pass journalled
+        ctx.stop.check()
+        settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
+    after = current[-1].hi if current else None
+    seq = current[-1].seq + 1 if current else 1
+    while True:
+        ctx.stop.check()
+        page = ctx.retry.call(partial(mover.read, after, ctx.options.batch_size))
+        if page.rows:
+            rows = [
+                BatchRow(c.key, c.digest, c.targets, None, c.home_digest, c.blob) for c in page.rows
+            ]
+            batch_id = journal.add_batch(
+                ctx.run_id, ds.name, source.store.name, pass_no, seq, page.lo, page.hi or (), rows
+            )
+            seq += 1
+            values = {c.key: c.values for c in page.rows}
+            settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED, values=values)
+            ctx.progress("copied", ds.name, len(page.rows))
+            ctx.throttle.wait(len(page.rows))
+        if page.exhausted:
+            break
+        after = page.hi
+
+
+def _delete_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> None:
+    mover = Mover(ctx, ds, source)
+    _delete_batches(ctx, mover, ds.name, source.store.name, pass_no)
+
+
+def _delete_batches(
+    ctx: RunContext, payload: Payload, dataset: str, source: str, pass_no: int
+) -> None:
+    for b in ctx.journal.batches(ctx.run_id, dataset, source):
+        if b.pass_no != pass_no or b.state == BatchState.DONE:
+            continue
+        ctx.stop.check()
+        before = b.counts.get("deleted", 0)
+        settle(ctx.journal, payload, b.id, ctx.retry, until=BatchState.DONE)
+        deleted = ctx.journal.batch(b.id).counts.get("deleted", 0) - before
+        ctx.progress("deleted", dataset, deleted)
+
+
+def _sources(ctx: RunContext, dataset: str) -> list[str]:
+    """Sources to work on: the plan's, and any with unfinished batches in the journal."""
+    stores = list(ctx.plan.sources(dataset))
+    for b in ctx.journal.batches(ctx.run_id, dataset):
+        if b.state != "done" and b.source not in stores:
+            stores.append(b.source)
+    return stores
+
+
+def _pairs(ctx: RunContext, dataset: str) -> list[tuple[Dataset, Location]]:
+    ds = ctx.map.datasets[dataset]
+    out = []
+    for store in _sources(ctx, dataset):
+        loc = ctx.fleet.location(dataset, store)
+        if loc is not None:
+            out.append((ds, loc))
+    return out
+
+
+def _parallel(ctx: RunContext, fn: Callable[..., None], pairs: list[Any], pass_no: int) -> None:
+    if ctx.options.workers <= 1 or len(pairs) <= 1:
+        for ds, loc in pairs:
+            fn(ctx, ds, loc, pass_no)
+        return
+    with ThreadPoolExecutor(max_workers=ctx.options.workers) as pool:
+        futures = [pool.submit(fn, ctx, ds, loc, pass_no) for ds, loc in pairs]
+        for f in futures:
+            f.result()
+
+
+def _object_pairs(ctx: RunContext) -> list[tuple[Dataset, ObjectStore]]:
+    out = []
+    for ds in ctx.map.datasets.values():
+        if ds.objects is not None:
+            for store in _sources(ctx, ds.name):
+                if store in ctx.fleet.objects:
+                    out.append((ds, ctx.fleet.objects[store]))
+    return out
+
+
+def _copy_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
+    mover = ObjectMover(ctx, ds, source)
+    journal = ctx.journal
+    current = [b for b in journal.batches(ctx.run_id, ds.name, source.name) if b.pass_no == pass_no]
+    for b in current:
+        ctx.stop.check()
+        settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
+    after = str(current[-1].hi[0]) if current else None
+    seq = current[-1].seq + 1 if current else 1
+    rows = ctx.retry.call(partial(mover.moving, after))
+    size = ctx.options.batch_size
+    for start in range(0, len(rows), size):
+        ctx.stop.check()
+        chunk = rows[start : start + size]
+        lo = (after,) if after is not None else None
+        hi = chunk[-1].key
+        batch_id = journal.add_batch(ctx.run_id, ds.name, source.name, pass_no, seq, lo, hi, chunk)
+        seq += 1
+        after = str(hi[0])
+        settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED)
+        ctx.progress("copied", ds.name, len(chunk))
+
+
+def _delete_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
+    _delete_batches(ctx, ObjectMover(ctx, ds, source), ds.name, source.name, pass_no)
+
+
+def run_pass(ctx: RunContext, pass_no: int) -> None:
+    """One pass: copy and verify in copy order, then delete in delete order.
+
+    Rows (and the objects they name) go first, parents before children; then
+    the object datasets.  Deletes run the other way round.
+    """
+    for dataset in ctx.order:
+        pairs = _pairs(ctx, dataset)
+        if pairs:
+            _parallel(ctx, _copy_pair, pairs, pass_no)
+            ctx.journal.mark("dataset-done")
+    objects = _object_pairs(ctx)
+    _parallel(ctx, _copy_objects, objects, pass_no)
+    _parallel(ctx, _delete_objects, objects, pass_no)
+    for dataset in reversed(ctx.order):
+        _parallel(ctx, _delete_pair, _pairs(ctx, dataset), pass_no)
