@@ -10,7 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+
+from domicile.connectors.dialects import dialect_for
 
 KEY_CHUNK = 500  # keys per IN-list: under every engine's parameter limit
 
@@ -38,16 +39,8 @@ def key_in(
 def column_in(
     dialect: str, column: sa.ColumnElement[Any], values: Sequence[Any], name: str = "_dm_keys"
 ) -> sa.ColumnElement[bool]:
-    """``column IN (...)``, as ``= ANY(array)`` on PostgreSQL.
-
-    One array parameter keeps the statement text the same for every batch, so
-    neither SQLAlchemy nor the server compiles it again (an IN-list of 500
-    placeholders was half the cost of these look-ups there).
-    """
-    if dialect == "postgresql":
-        param = sa.bindparam(name, list(values), type_=postgresql.ARRAY(column.type))
-        return column == sa.any_(param)
-    return column.in_(list(values))
+    """``column IN (...)`` in the engine's cheapest form (:mod:`~domicile.connectors.dialects`)."""
+    return dialect_for(dialect).column_in(column, values, name)
 
 
 def key_in_for(
@@ -61,12 +54,8 @@ def key_in_for(
 
 
 def locks_rows(dialect: str) -> bool:
-    """True when the engine locks rows with ``SELECT ... FOR UPDATE``.
-
-    SQLite has no row locks: its write transaction (``BEGIN IMMEDIATE``, see
-    :meth:`domicile.connectors.sql.SqlStore.begin_write`) locks the database.
-    """
-    return dialect != "sqlite"
+    """True when the engine locks rows with ``SELECT ... FOR UPDATE`` (not SQLite)."""
+    return dialect_for(dialect).locks_rows
 
 
 def chunks(items: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any]]:

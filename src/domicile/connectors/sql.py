@@ -11,12 +11,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from domicile.connectors.dialects import dialect_for
 from domicile.connectors.schema import refine_reflected
 from domicile.errors import (
     DomicileError,
@@ -40,12 +39,6 @@ _AUTH_WORDS = (
     "no password supplied",
 )
 
-
-APPLICATION_NAME = "domicile"
-LOCK_TIMEOUT_S = 30  # a row lock the application holds longer fails the step (retried)
-STATEMENT_TIMEOUT_S = 3600  # no statement of domicile's runs longer than this
-"""Session limits; a store's ``options`` may set ``lock_timeout_seconds`` and
-``statement_timeout_seconds``."""
 
 # MySQL/MariaDB errors about a value, not the connection: retrying cannot help.
 _MYSQL_DATA_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 3140}
@@ -113,6 +106,7 @@ class SqlStore:
         self.name = store.name
         self.url = _normalize_url(store.url)
         self.dialect = self.url.get_backend_name()
+        self.behaviour = dialect_for(self.dialect)
         self._connect_timeout = connect_timeout
         self._pool_size = pool_size
         self._engine: sa.Engine | None = None
@@ -130,71 +124,13 @@ class SqlStore:
         return self._engine
 
     def _create_engine(self) -> sa.Engine:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if self.dialect == "sqlite":
-            db = self.url.database or ""
-            if db and db != ":memory:" and not Path(db).exists():
-                raise PermanentConnectorError(
-                    f"SQLite file {db} does not exist",
-                    where=f"store {self.name}",
-                    hint="fix the path in the store URL (relative paths start at the map's folder)",
-                )
-            # isolation_level=None hands transaction control to the "begin" hook
-            # below, which can take the write lock up front (BEGIN IMMEDIATE)
-            kwargs["connect_args"] = {
-                "timeout": 30,
-                "check_same_thread": False,
-                "isolation_level": None,
-            }
-            engine = sa.create_engine(self.url, **kwargs)
-
-            @sa.event.listens_for(engine, "begin")
-            def _begin(conn: sa.Connection) -> None:
-                mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-                conn.exec_driver_sql(f"BEGIN {mode}")
-
-            @sa.event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
-                cur.close()
-
-            return engine
-        lock_s = int(self.store.options.get("lock_timeout_seconds", LOCK_TIMEOUT_S))
-        statement_s = int(self.store.options.get("statement_timeout_seconds", STATEMENT_TIMEOUT_S))
-        connect_args: dict[str, Any] = {"connect_timeout": self._connect_timeout}
-        if self.dialect == "postgresql":
-            # named in pg_stat_activity, and bounded: a lock held by the
-            # application makes a step fail (and retry) instead of hang
-            connect_args["application_name"] = APPLICATION_NAME
-            connect_args["options"] = (
-                f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}"
-            )
-        else:
-            connect_args["program_name"] = APPLICATION_NAME
-        kwargs["connect_args"] = connect_args
-        kwargs["pool_size"] = self._pool_size
-        engine = sa.create_engine(self.url, **kwargs)
-        if self.dialect in ("mysql", "mariadb"):
-
-            @sa.event.listens_for(engine, "connect")
-            def _session(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                # TIMESTAMP columns are read in the session's zone: make it UTC
-                cur.execute("SET time_zone = '+00:00'")
-                cur.execute(f"SET SESSION innodb_lock_wait_timeout = {lock_s}")
-                # MariaDB's statement limit (seconds); MySQL names it differently
-                if (
-                    self.dialect == "mariadb"
-                    or "mariadb" in str(getattr(dbapi_conn, "server_version", "") or "").lower()
-                ):
-                    cur.execute(f"SET SESSION max_statement_time = {statement_s}")
-                cur.close()
-
-        return engine
+        return self.behaviour.create_engine(
+            self.url,
+            dict(self.store.options),
+            store=self.name,
+            connect_timeout=self._connect_timeout,
+            pool_size=self._pool_size,
+        )
 
     def check(self) -> str:
         """Connect and return the server's version string."""

@@ -1,0 +1,192 @@
+"""One class per engine family: how domicile opens, bounds and queries each kind of database.
+
+Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB in how
+domicile talks to a store lives here (type translation between engines lives
+in :mod:`domicile.connectors.schema`, identity in
+:mod:`domicile.connectors.identity`): the engine's options, the session's
+limits and name, whether rows can be locked, and the fastest ``IN`` for keys.
+Nothing outside ``connectors/`` asks which engine it talks to; it asks the
+store's :class:`Dialect`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from domicile.errors import PermanentConnectorError
+
+APPLICATION_NAME = "domicile"
+LOCK_TIMEOUT_S = 30  # a row lock the application holds longer fails the step (retried)
+STATEMENT_TIMEOUT_S = 3600  # no statement of domicile's runs longer than this
+
+
+class Dialect:
+    """The behaviour shared by every engine; subclasses override what differs."""
+
+    family: ClassVar[str] = "generic"
+    locks_rows: ClassVar[bool] = True
+    """True when ``SELECT ... FOR UPDATE`` locks rows (SQLite locks the database instead)."""
+
+    def create_engine(
+        self,
+        url: sa.URL,
+        options: dict[str, Any],
+        *,
+        store: str,
+        connect_timeout: int,
+        pool_size: int,
+    ) -> sa.Engine:
+        """An engine on *url* with this engine family's session set-up."""
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            connect_args=self.connect_args(options, connect_timeout),
+        )
+
+    def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
+        """Driver arguments for a new connection."""
+        return {"connect_timeout": connect_timeout}
+
+    def column_in(
+        self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
+    ) -> sa.ColumnElement[bool]:
+        """``column IN (...)`` in this engine's cheapest form."""
+        return column.in_(list(values))
+
+
+def limits(options: dict[str, Any]) -> tuple[int, int]:
+    """(lock timeout, statement timeout) in seconds, from a store's ``options``."""
+    lock_s = int(options.get("lock_timeout_seconds", LOCK_TIMEOUT_S))
+    statement_s = int(options.get("statement_timeout_seconds", STATEMENT_TIMEOUT_S))
+    return lock_s, statement_s
+
+
+class SQLiteDialect(Dialect):
+    """SQLite: a file; the write lock is taken at BEGIN IMMEDIATE, there are no row locks."""
+
+    family = "sqlite"
+    locks_rows = False
+
+    def create_engine(
+        self,
+        url: sa.URL,
+        options: dict[str, Any],
+        *,
+        store: str,
+        connect_timeout: int,
+        pool_size: int,
+    ) -> sa.Engine:
+        """An engine whose transactions begin as the caller asks (DEFERRED or IMMEDIATE)."""
+        db = url.database or ""
+        if db and db != ":memory:" and not Path(db).exists():
+            raise PermanentConnectorError(
+                f"SQLite file {db} does not exist",
+                where=f"store {store}",
+                hint="fix the path in the store URL (relative paths start at the map's folder)",
+            )
+        # isolation_level=None hands transaction control to the "begin" hook
+        # below, which can take the write lock up front (BEGIN IMMEDIATE)
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+        )
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
+            cur.close()
+
+        return engine
+
+
+class PostgreSQLDialect(Dialect):
+    """PostgreSQL (psycopg 3): named sessions with lock and statement timeouts; array keys."""
+
+    family = "postgresql"
+
+    def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
+        """Named in ``pg_stat_activity``, and bounded: a lock the application holds
+        makes a step fail (and retry) instead of hang."""
+        lock_s, statement_s = limits(options)
+        return {
+            "connect_timeout": connect_timeout,
+            "application_name": APPLICATION_NAME,
+            "options": f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}",
+        }
+
+    def column_in(
+        self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
+    ) -> sa.ColumnElement[bool]:
+        """``= ANY(array)``: one parameter keeps the statement text the same for every
+        batch, so neither SQLAlchemy nor the server compiles it again (an IN-list of
+        500 placeholders was half the cost of these look-ups)."""
+        param = sa.bindparam(name, list(values), type_=postgresql.ARRAY(column.type))
+        return column == sa.any_(param)
+
+
+class MySQLDialect(Dialect):
+    """MySQL and MariaDB (PyMySQL): UTC sessions, bounded lock waits and statements."""
+
+    family = "mysql"
+
+    def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
+        """The connection names itself to the server."""
+        return {"connect_timeout": connect_timeout, "program_name": APPLICATION_NAME}
+
+    def create_engine(
+        self,
+        url: sa.URL,
+        options: dict[str, Any],
+        *,
+        store: str,
+        connect_timeout: int,
+        pool_size: int,
+    ) -> sa.Engine:
+        """An engine whose sessions run in UTC with bounded waits."""
+        engine = super().create_engine(
+            url, options, store=store, connect_timeout=connect_timeout, pool_size=pool_size
+        )
+        lock_s, statement_s = limits(options)
+
+        @sa.event.listens_for(engine, "connect")
+        def _session(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # TIMESTAMP columns are read in the session's zone: make it UTC
+            cur.execute("SET time_zone = '+00:00'")
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_s)}")
+            # MariaDB's statement limit, in seconds (MySQL names it max_execution_time, in ms)
+            if "mariadb" in str(getattr(dbapi_conn, "server_version", "") or "").lower():
+                cur.execute(f"SET SESSION max_statement_time = {int(statement_s)}")
+            else:
+                cur.execute(f"SET SESSION max_execution_time = {int(statement_s) * 1000}")
+            cur.close()
+
+        return engine
+
+
+_BY_BACKEND: dict[str, Dialect] = {
+    "sqlite": SQLiteDialect(),
+    "postgresql": PostgreSQLDialect(),
+    "mysql": MySQLDialect(),
+    "mariadb": MySQLDialect(),
+}
+
+
+def dialect_for(backend: str) -> Dialect:
+    """The dialect of a SQLAlchemy backend name (``sqlite``, ``postgresql``, ``mysql``, ...)."""
+    return _BY_BACKEND.get(backend, Dialect())
