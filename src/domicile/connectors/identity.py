@@ -40,13 +40,14 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from domicile.connectors.objects import ObjectStore
+from domicile.connectors.objects.store import DOMICILE_PREFIX
 from domicile.connectors.sql import SqlStore
 from domicile.errors import ConfigError, ConnectorError, DomicileError, PermanentConnectorError
 
 MARKER_TABLE = "domicile_store_marker"
 """The table of markers in SQL stores (in the connection's default schema)."""
 
-MARKER_PREFIX = ".domicile/"
+MARKER_PREFIX = DOMICILE_PREFIX
 """Key prefix of marker objects in object stores: not user data, listings skip it."""
 
 _MARKER_OBJECT = MARKER_PREFIX + "marker-"

@@ -39,6 +39,9 @@ from domicile.errors import ConnectorError, PermanentConnectorError
 URL_HINT = "set the url to file:///abs/folder or s3://bucket"
 _BACKENDS: dict[str, type[ObjectStore]] = {}  # scheme -> backend, filled by __init_subclass__
 
+DOMICILE_PREFIX = ".domicile/"
+"""Keys domicile writes for itself (identity markers); not user data."""
+
 
 def find_store(url: str, stores: Iterable[ObjectStore]) -> tuple[ObjectStore, str] | None:
     """The store owning *url* (the one with the longest matching root) and its key there."""
@@ -166,9 +169,13 @@ class ObjectStore:
                 start = head
             elif not prefix.startswith(head):
                 return
+        # domicile's own objects (identity markers) are not the user's, unless asked for
+        hide = () if prefix.startswith(DOMICILE_PREFIX) else (DOMICILE_PREFIX,)
         walk = self._walk(start)
         with self._guard("listing", prefix or None):
             for info in walk:
+                if hide and info.key.startswith(hide):
+                    continue
                 if info.key.startswith(prefix) and (regex is None or regex.fullmatch(info.key)):
                     yield info
 
