@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from domicile.errors import ConfigError
 from domicile.run import lease
 from domicile.state import state_engine
 
@@ -26,6 +27,7 @@ from domicile.state import state_engine
 CHILD = r"""
 import os, signal, sys, time
 from pathlib import Path
+from domicile.errors import ConfigError
 from domicile.run import lease
 from domicile.state import state_engine
 
@@ -319,3 +321,11 @@ def test_a_removed_lock_file_loses_the_lease(make_db, tmp_path: Path) -> None:
         held.release()
     finally:
         eng.dispose()
+
+
+def test_a_state_store_without_a_lock_is_refused() -> None:
+    eng = sa.create_engine("mysql+pymysql://nobody@127.0.0.1:1/none")  # never connected
+    with pytest.raises(ConfigError, match="SQLite or PostgreSQL"):
+        lease.acquire(eng, run_id="r-x")
+    with pytest.raises(ConfigError):
+        lease.current_holder(eng)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from domicile.connectors.dialects import dialect_for
 from domicile.errors import ConfigError
 from domicile.model import Dataset, Jurisdiction, Store
 from domicile.state import resolve_sqlite_url
@@ -84,7 +85,7 @@ def sql_url(url: str, what: str, where: str, base: Path) -> str:
             hint="use an SQLAlchemy URL (sqlite:///file.db, postgresql://user@host/db, "
             "mysql://...)",
         ) from None
-    if parsed.get_backend_name().lower() != "sqlite":
+    if not dialect_for(parsed.get_backend_name().lower()).file_based:
         return url
     db = parsed.database or ""
     if db in ("", ":memory:") or ":memory:" in db or parsed.query.get("mode") == "memory":
@@ -137,11 +138,11 @@ def _place(store: Store) -> tuple[str, ...]:
         path = store.url[len("file://") :] if store.url.startswith("file://") else store.url[5:]
         return ("file", str(resolved(Path(path), store.name, store.name)))
     url = make_url(store.url)
-    backend = url.get_backend_name().lower()
-    if backend == "sqlite":
-        return ("sqlite", str(resolved(Path(url.database or ""), store.name, store.name)))
-    family = "mysql" if backend == "mariadb" else backend  # one server speaks both
-    port = url.port or {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(backend)
+    dialect = dialect_for(url.get_backend_name().lower())
+    if dialect.file_based:
+        return (dialect.family, str(resolved(Path(url.database or ""), store.name, store.name)))
+    family = dialect.family
+    port = url.port or dialect.default_port
     host = str(url.host or url.query.get("host") or "localhost").lower()
     return (family, host, str(port), url.database or "")
 

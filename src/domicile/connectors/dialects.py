@@ -29,6 +29,9 @@ class Dialect:
     """The behaviour shared by every engine; subclasses override what differs."""
 
     family: ClassVar[str] = "generic"
+    file_based: ClassVar[bool] = False
+    """True when the database is a local file (its URL's database is a path)."""
+    default_port: ClassVar[int | None] = None
     locks_rows: ClassVar[bool] = True
     """True when ``SELECT ... FOR UPDATE`` locks rows (SQLite locks the database instead)."""
 
@@ -71,6 +74,7 @@ class SQLiteDialect(Dialect):
     """SQLite: a file; the write lock is taken at BEGIN IMMEDIATE, there are no row locks."""
 
     family = "sqlite"
+    file_based = True
     locks_rows = False
 
     def create_engine(
@@ -118,6 +122,7 @@ class PostgreSQLDialect(Dialect):
     """PostgreSQL (psycopg 3): named sessions with lock and statement timeouts; array keys."""
 
     family = "postgresql"
+    default_port = 5432
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
         """Named in ``pg_stat_activity``, and bounded: a lock the application holds
@@ -142,7 +147,8 @@ class PostgreSQLDialect(Dialect):
 class MySQLDialect(Dialect):
     """MySQL and MariaDB (PyMySQL): UTC sessions, bounded lock waits and statements."""
 
-    family = "mysql"
+    family = "mysql"  # MariaDB too: one server speaks both
+    default_port = 3306
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
         """The connection names itself to the server."""

@@ -152,14 +152,21 @@ def _read_lockfile(fd: int) -> Holder | None:
 
 def current_holder(engine: sa.Engine) -> Holder | None:
     """Who holds the lease now, or ``None``; never takes it (beyond an instant on SQLite)."""
+    return _strategy(engine)[1](engine)
+
+
+def _pg_holder(engine: sa.Engine) -> Holder | None:
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            pids = [p for (p,) in conn.execute(_PG_HOLDERS)]
-            row = _read_row(conn) if pids else None
-            # the row is the holder's only if it names the session that has the lock
-            if not pids or (row and row.backend_pid == pids[0]):
-                return row
-            return replace(UNKNOWN, backend_pid=pids[0])
+        pids = [p for (p,) in conn.execute(_PG_HOLDERS)]
+        row = _read_row(conn) if pids else None
+    # the row is the holder's only if it names the session that has the lock
+    if not pids or (row and row.backend_pid == pids[0]):
+        return row
+    return replace(UNKNOWN, backend_pid=pids[0])
+
+
+def _file_holder(engine: sa.Engine) -> Holder | None:
+    with engine.connect() as conn:
         row = _read_row(conn)
     path = _lock_path(engine)
     if path is None or not os.path.exists(path):
@@ -338,14 +345,7 @@ def acquire(
     """
     cmd = (command or shlex.join(sys.argv))[:200]
     me = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), run_id, cmd, _now())
-    where = f"state store {engine.url.render_as_string(hide_password=True)}"
-    if engine.dialect.name == "postgresql":
-        lease = _acquire_pg(engine, me, where, break_lease, wait)
-    elif engine.dialect.name == "sqlite":
-        lease = _acquire_sqlite(engine, me, where, break_lease, wait)
-    else:
-        what = f"a run lease needs a SQLite or PostgreSQL state store, not {engine.dialect.name}"
-        raise ConfigError(what, where=where)
+    lease = _strategy(engine)[0](engine, me, _where(engine), break_lease, wait)
     try:
         lease._write(full=True)
     except BaseException:
@@ -356,6 +356,10 @@ def acquire(
     beat.name = "domicile-lease-heartbeat"
     beat.start()
     return lease
+
+
+def _where(engine: sa.Engine) -> str:
+    return f"state store {engine.url.render_as_string(hide_password=True)}"
 
 
 def _poll(try_once: Callable[[], bool], wait: float) -> bool:
@@ -445,3 +449,19 @@ def _acquire_pg(engine: sa.Engine, me: Holder, where: str, break_lease: bool, wa
         conn.close()
         raise
     return Lease(engine, replace(me, backend_pid=int(backend)), None, conn)
+
+
+_Acquire = Callable[[sa.Engine, Holder, str, bool, float], Lease]
+_STRATEGIES: dict[str, tuple[_Acquire, Callable[[sa.Engine], Holder | None]]] = {
+    "sqlite": (_acquire_sqlite, _file_holder),
+    "postgresql": (_acquire_pg, _pg_holder),
+}
+"""The lock each kind of state store offers, by SQLAlchemy backend name."""
+
+
+def _strategy(engine: sa.Engine) -> tuple[_Acquire, Callable[[sa.Engine], Holder | None]]:
+    try:
+        return _STRATEGIES[engine.dialect.name]
+    except KeyError:
+        what = f"a run lease needs a SQLite or PostgreSQL state store, not {engine.dialect.name}"
+        raise ConfigError(what, where=_where(engine)) from None
