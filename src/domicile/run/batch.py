@@ -33,6 +33,7 @@ from domicile.errors import (
     VerificationError,
 )
 from domicile.fleet import Location
+from domicile.run import delete_marks
 from domicile.run.conflict import Decision, decide
 from domicile.run.journal import BatchRecord, BatchRow, key_text
 from domicile.run.reading import RowReader
@@ -76,7 +77,7 @@ class Mover(RowReader):
 
     def delete_batch(self, batch_id: int) -> int:
         """:meth:`delete` for the batch as the journal holds it now."""
-        return self.delete(self.ctx.journal.checked_batch(batch_id))
+        return self.delete(self.ctx.journal.checked_batch(batch_id, fresh=True))
 
     # -- copy ------------------------------------------------------------------
 
@@ -355,6 +356,11 @@ class Mover(RowReader):
         table = self.source.table
         keys = [normalize_key(table, self.key, r.key) for r in moving]
         resumed = batch.state == "deleting"
+        mark = delete_marks.token(batch.run_id, batch.id)
+        delete_marks.ensure(self.source.store)
+        # a resumed delete whose transaction committed before the crash: the
+        # rows missing now are domicile's own deletes (see delete_marks)
+        committed = resumed and delete_marks.committed(self.source.store, mark)
         source_name = self.source.store.name
         with ExitStack() as stack:
             # Source and homes are locked in one global order (by store name),
@@ -379,13 +385,15 @@ class Mover(RowReader):
                     candidates.append((k, r))
                 else:
                     changed.append(r)
-            held = self._home_still_holds(conns, [r for _, r in candidates])
+            held = self._home_still_holds(
+                conns, [r for _, r in candidates], {r.key: current[k] for k, r in candidates}
+            )
             deletable = [k for k, r in candidates if r.key in held]
             home_lost = [r for _, r in candidates if r.key not in held]
-            # On a resume, rows missing now that were not journalled as vanished
-            # were deleted by domicile's own earlier, committed transaction (the
-            # run lease guarantees no other domicile process deleted them).
-            ours = [r for r in vanished if resumed and r.key not in known_vanished]
+            # On a resume after a committed delete, rows missing now that were not
+            # journalled as vanished were deleted by that transaction (the run
+            # lease guarantees no other domicile process deleted them).
+            ours = [r for r in vanished if committed and r.key not in known_vanished]
             vanished = [r for r in vanished if r not in ours]
             new_vanished = [r for r in vanished if r.key not in known_vanished]
             if new_vanished:
@@ -397,6 +405,8 @@ class Mover(RowReader):
             if not resumed:
                 journal.transition(batch.id, "deleting")
             pinned = self._delete_rows(conn, deletable)
+            if not committed:
+                delete_marks.mark(conn, mark)
             # commit the source while the homes' locks are still held: the copies
             # cannot change between the re-check and the delete
             conn.commit()
@@ -426,6 +436,7 @@ class Mover(RowReader):
             counts["blobs_changed"] = outcomes.count("changed")
             counts["blobs_home_lost"] = outcomes.count("home-lost")
         journal.transition(batch.id, "done", counts=counts)
+        delete_marks.clear(self.source.store, mark)
         self.ctx.emit(
             "batch.deleted",
             batch,
@@ -436,13 +447,40 @@ class Mover(RowReader):
         )
         return deleted
 
+    def undo(self, batch: BatchRecord) -> int:
+        """Remove this unfinished batch's copies at home wherever that loses nothing.
+
+        For a run that is abandoned: a copy is removed (if home still holds
+        exactly it) unless its source row is gone by domicile's own committed
+        delete.  Returns how many rows' copies were looked at for removal.
+        """
+        rows = [r for r in self.ctx.journal.rows(batch.id) if r.status in (*ACTIVE, "changed")]
+        committed = batch.state == "deleting" and delete_marks.committed(
+            self.source.store, delete_marks.token(batch.run_id, batch.id)
+        )
+        table = self.source.table
+        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        with self.source.store.connect(f"reading {self.ds.name}") as conn:
+            present = select_by_keys(conn, table, self.key, keys)
+        undo = [r for k, r in zip(keys, rows, strict=True) if k in present or not committed]
+        # rows the application deleted (seen at the delete step): their copies go too
+        undo += [r for r in self.ctx.journal.rows(batch.id) if r.status == "vanished"]
+        self._remove_own_copies(undo)
+        return len(undo)
+
     def _home_still_holds(
-        self, conns: dict[str, sa.Connection], rows: list[BatchRow]
+        self,
+        conns: dict[str, sa.Connection],
+        rows: list[BatchRow],
+        at_source: dict[tuple[Any, ...], dict[str, Any]],
     ) -> set[tuple[Any, ...]]:
         """Keys (as journalled) whose copy is still at every home, as verified.
 
         *conns* are the homes' transactions, whose row locks are held until
-        after the source's delete commits.
+        after the source's delete commits.  *at_source* holds the rows as just
+        read (and found equal by digest to the copy): a home row with the same
+        values matches without a digest; any other is digested and compared
+        with what was verified.
         """
         held = {r.key for r in rows}
         for target in sorted({t for r in rows for t in r.targets}):
@@ -451,10 +489,18 @@ class Mover(RowReader):
             keys = [normalize_key(home.table, self.key, r.key) for r in part]
             found = select_by_keys(conns[target], home.table, self.key, keys, for_update=True)
             cols = shared_columns(self.source.table, home.table)
+            names = [c.name for c in cols]
             for k, r in zip(keys, part, strict=True):
                 now = found.get(k)
-                # a kept-home row holds home's own version: it must still be there
-                if now is None or (r.status is None and digest_hex(now, cols) != r.digest_at_home):
+                if now is None:
+                    held.discard(r.key)
+                    continue
+                if r.status is not None:
+                    continue  # kept-home: home's own version, which only has to be there
+                source_row = at_source[r.key]
+                if all(now[n] == source_row[n] for n in names):
+                    continue
+                if digest_hex(now, cols) != r.digest_at_home:
                     held.discard(r.key)
         return held
 

@@ -20,6 +20,7 @@ from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
 from domicile.plan import Plan, order_datasets
 from domicile.run.journal import BatchRecord, Journal
+from domicile.run.lease import Lease
 from domicile.run.retry import Retry, Throttle
 from domicile.run.stop import StopFlag
 from domicile.scan import Directory
@@ -68,6 +69,7 @@ class RunContext:
         self.retry = Retry(options.retries, options.backoff)
         self.throttle = Throttle(options.max_rows_per_second)
         self.stop = StopFlag()
+        self.lease: Lease | None = None  # the run's lease: checked before every delete
         self._events = events
         self._progress = progress
         self._lock = threading.Lock()
@@ -86,6 +88,11 @@ class RunContext:
         # every personal dataset in foreign-key order: a resume may need one the
         # current plan no longer lists (its last batch was mid-delete)
         self.order = order_datasets(personal, edges)[0]
+
+    def check_lease(self) -> None:
+        """Raise :class:`~domicile.run.lease.LeaseLost` if the run no longer holds its lease."""
+        if self.lease is not None:
+            self.lease.check()
 
     def is_reference_table(self, table: str) -> bool:
         """True when *table* is a reference dataset's table."""

@@ -21,6 +21,7 @@ from domicile.fleet import Fleet
 from domicile.model import DataMap
 from domicile.plan import Plan, build_plan
 from domicile.run.audit_events import RunAudit, deployment_key
+from domicile.run.batch import Mover
 from domicile.run.context import Progress, RunContext, RunOptions, preflight
 from domicile.run.depends import changed, depends_of
 from domicile.run.journal import Journal, RunRecord
@@ -117,6 +118,7 @@ def execute(
             )
         ctx = RunContext(m, fleet, journal, "", plan, options, audit, progress)
         ctx.stop = stop
+        ctx.lease = lease
         preflight(ctx)  # refuse a missing column or create home tables before any run starts
         if resume is not None:
             run_id = resume
@@ -260,8 +262,12 @@ def _check_depends(m: DataMap, record: RunRecord) -> None:
 def abandon(m: DataMap, journal: Journal, run_id: str, audit: RunAudit | None = None) -> None:
     """Give up an unfinished run (under the lease): it is never resumed; new runs may start.
 
-    What its batches copied home stays (a new run recognises those copies by
-    the journal); rows it did not delete stay at their sources and move again.
+    First its unfinished batches are undone where that loses nothing: every
+    copy it made at home of a row that is still at its source (changed or not)
+    is removed if home still holds exactly that copy, and so is the copy of a
+    row the application deleted meanwhile.  Only rows the run's own committed
+    delete removed keep their home copy — there it is the record.  Rows left
+    at their sources move again in the next run.
     """
     journal.set_key(deployment_key(m))
     with acquire_lease(journal.engine, run_id=run_id, break_lease=False):
@@ -270,9 +276,21 @@ def abandon(m: DataMap, journal: Journal, run_id: str, audit: RunAudit | None = 
             raise ConfigError(f"run '{run_id}' is not in the journal")
         if record.status in ("done", "abandoned"):
             raise ConfigError(f"run {run_id} is already {record.status}")
+        _check_depends(m, record)
+        undone = 0
+        with Fleet(m) as fleet:
+            plan = Plan(record.scope, (), (), (), ())
+            ctx = RunContext(m, fleet, journal, run_id, plan, RunOptions(), audit, None)
+            for batch in journal.batches(run_id):
+                if batch.state == "done" or not m.datasets[batch.dataset].is_sql:
+                    continue
+                source = fleet.location(batch.dataset, batch.source)
+                if source is not None:
+                    mover = Mover(ctx, m.datasets[batch.dataset], source)
+                    undone += mover.undo(journal.checked_batch(batch.id, fresh=True))
         journal.abandon(run_id)
         if audit is not None:
-            audit({"type": "run.abandoned", "run": run_id})
+            audit({"type": "run.abandoned", "run": run_id, "home_copies_removed": undone})
 
 
 def _safe_scan(fleet: Fleet, fallback: Census) -> Census:

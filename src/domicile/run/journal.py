@@ -27,7 +27,7 @@ import json
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -51,6 +51,7 @@ from domicile.run.journal_records import (
     md,
     meta,
     now,
+    rows_fingerprint,
     runs,
     state_connection,
     state_errors,
@@ -74,6 +75,17 @@ __all__ = [
 ]
 
 
+class _Stored(NamedTuple):
+    """A batch row's stored fields, as :func:`rows_fingerprint` reads them."""
+
+    key: str
+    digest: str
+    targets: str
+    status: str | None
+    home_digest: str | None
+    blob: str | None
+
+
 class Journal:
     """Runs and batches in the state store.
 
@@ -85,7 +97,8 @@ class Journal:
         self.engine = engine
         self._lock = threading.Lock()
         self._mac_key = mac_key
-        self._sealed: dict[int, str] = {}  # batch id -> MAC already checked
+        # batch id -> fingerprint of its rows as this process last hashed (or wrote) them
+        self._rows_fp: dict[int, bytes] = {}
         with state_errors(engine, "opening the journal"):
             self._prepare_schema()
 
@@ -268,7 +281,19 @@ class Journal:
                         for r in rows
                     ],
                 )
-            self._seal(conn, batch_id, key)
+            # the rows' fingerprint from what was just inserted (the same texts)
+            self._rows_fp[batch_id] = rows_fingerprint(
+                _Stored(
+                    key_text(r.key),
+                    r.digest,
+                    json.dumps(list(r.targets)),
+                    None,
+                    r.home_digest,
+                    json.dumps(r.blob) if r.blob is not None else None,
+                )
+                for r in rows
+            )
+            self._seal(conn, batch_id, key, rows_changed=False)
         hooks.point("copying")
         return batch_id
 
@@ -296,18 +321,25 @@ class Journal:
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
         return self._batch(row)
 
-    def checked_batch(self, batch_id: int) -> BatchRecord:
-        """The batch, after checking its MAC; :class:`JournalTampered` if it does not match."""
+    def checked_batch(self, batch_id: int, *, fresh: bool = False) -> BatchRecord:
+        """The batch, after checking its MAC; :class:`JournalTampered` if it does not match.
+
+        *fresh* re-hashes its rows too, whatever this process saw before: the
+        delete step asks for it.
+        """
         key = self._key()
         with self._connect("reading the journal") as conn:
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
-            self._check(conn, row, key)
+            self._check(conn, row, key, fresh=fresh)
         return self._batch(row)
 
-    def _check(self, conn: sa.Connection, row: Any, key: bytes) -> None:
-        if row.mac is not None and self._sealed.get(row.id) == row.mac:
-            return
-        rows = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == row.id)).all()
+    def _check(self, conn: sa.Connection, row: Any, key: bytes, *, fresh: bool = False) -> None:
+        """Raise :class:`JournalTampered` unless *row*'s MAC matches its fields and rows.
+
+        The batch's own fields are checked every time (cheap); its rows are
+        re-read and re-hashed when this process has not hashed them since its
+        last write, or when *fresh* asks for it (before a delete).
+        """
         if row.mac is None:
             raise JournalTampered(
                 f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}) carries "
@@ -316,7 +348,10 @@ class Journal:
                 hint=f"nothing was changed; abandon the run (domicile run --abandon "
                 f"{row.run_id}) and start a new one",
             )
-        if not hmac.compare_digest(row.mac, batch_mac(key, row, rows)):
+        fp = None if fresh else self._rows_fp.get(row.id)
+        if fp is None:
+            fp = self._fingerprint(conn, row.id)
+        if not hmac.compare_digest(row.mac, batch_mac(key, row, fp)):
             raise JournalTampered(
                 f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}, state "
                 f"{row.state}) does not match its MAC: the journal was edited outside domicile",
@@ -324,14 +359,22 @@ class Journal:
                 hint="nothing was deleted; find who changed the state store, compare it with "
                 "the audit log (domicile audit verify), then abandon the run",
             )
-        self._sealed[row.id] = row.mac
+        self._rows_fp[row.id] = fp
 
-    def _seal(self, conn: sa.Connection, batch_id: int, key: bytes) -> None:
-        row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+    def _fingerprint(self, conn: sa.Connection, batch_id: int) -> bytes:
         rows = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == batch_id)).all()
-        mac = batch_mac(key, row, rows)
+        return rows_fingerprint(rows)
+
+    def _seal(
+        self, conn: sa.Connection, batch_id: int, key: bytes, *, rows_changed: bool = True
+    ) -> None:
+        row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+        fp = None if rows_changed else self._rows_fp.get(batch_id)
+        if fp is None:
+            fp = self._fingerprint(conn, batch_id)
+        mac = batch_mac(key, row, fp)
         conn.execute(batches.update().where(batches.c.id == batch_id).values(mac=mac))
-        self._sealed[batch_id] = mac
+        self._rows_fp[batch_id] = fp
 
     def tampered(self) -> list[str]:
         """Every batch whose MAC does not match (for ``audit verify``); [] when all do."""
@@ -339,9 +382,8 @@ class Journal:
         out: list[str] = []
         with self._connect("reading the journal") as conn:
             for row in conn.execute(sa.select(batches).order_by(batches.c.id)).all():
-                self._sealed.pop(row.id, None)
                 try:
-                    self._check(conn, row, key)
+                    self._check(conn, row, key, fresh=True)
                 except JournalTampered as exc:
                     out.append(exc.message)
         return out
@@ -509,7 +551,7 @@ class Journal:
                 merged.update(counts)
                 values["counts"] = json.dumps(merged)
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
-            self._seal(conn, batch_id, key)
+            self._seal(conn, batch_id, key, rows_changed=False)
         hooks.point(new_state)
 
     def mark(self, event: str) -> None:

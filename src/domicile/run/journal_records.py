@@ -177,17 +177,32 @@ BATCH_FIELDS = (
 ROW_FIELDS = ("key", "digest", "targets", "status", "home_digest", "blob")
 
 
-def batch_mac(key: bytes, batch: Any, rows: Iterable[Any]) -> str:
-    """HMAC-SHA-256 over a batch's stored fields and its rows' stored fields.
+def rows_fingerprint(rows: Iterable[Any]) -> bytes:
+    """SHA-256 over a batch's rows, each its stored fields joined (order-independent).
+
+    The fields are texts (JSON, hex, a status word) or None; NUL never occurs
+    in them (JSON escapes it), so NUL-joined fields with SOH for None are
+    unambiguous, and far cheaper than encoding each row as JSON.
+    """
+    lines = sorted(
+        "\x00".join("\x01" if v is None else str(v) for v in (getattr(r, f) for f in ROW_FIELDS))
+        for r in rows
+    )
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode() + b"\n")
+    return h.digest()
+
+
+def batch_mac(key: bytes, batch: Any, rows_fp: bytes) -> str:
+    """HMAC-SHA-256 over a batch's stored fields and its rows' fingerprint.
 
     Computed over the texts exactly as stored (JSON keys, counts), so that a
     read-back recomputes the same bytes on every state-store engine.
     """
-    lines = sorted(json.dumps([getattr(r, f) for f in ROW_FIELDS]) for r in rows)
     body = json.dumps([getattr(batch, f) for f in BATCH_FIELDS], default=str)
-    h = hmac.new(key, b"domicile.journal.v2\n" + body.encode(), hashlib.sha256)
-    for line in lines:
-        h.update(b"\n" + line.encode())
+    h = hmac.new(key, b"domicile.journal.v2\n" + body.encode() + b"\n", hashlib.sha256)
+    h.update(rows_fp)
     return h.hexdigest()
 
 

@@ -227,7 +227,7 @@ class Lease:
             with self.engine.begin() as conn:
                 return self._write_on(conn, full)
         with self._conn_lock:
-            # on the lock's own session: a write that fails there means the lock is gone
+            # on the lock's own session, so a dead session shows at the next beat
             return self._write_on(self._conn, full) if self._conn is not None else 0
 
     def _write_on(self, conn: sa.Connection, full: bool) -> int:
@@ -292,9 +292,10 @@ class Lease:
             got = self._conn_lock.acquire(timeout=5)
             conn, self._conn = self._conn, None
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    if got:
+                if got:
+                    with contextlib.suppress(Exception):
                         conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": KEY})
+                with contextlib.suppress(Exception):  # even if the unlock failed
                     conn.close()
             if got:
                 self._conn_lock.release()

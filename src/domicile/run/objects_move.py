@@ -182,4 +182,4 @@ class ObjectMover:
 
     def delete_batch(self, batch_id: int) -> int:
         """:meth:`delete` for the batch as the journal holds it now."""
-        return self.delete(self.ctx.journal.checked_batch(batch_id))
+        return self.delete(self.ctx.journal.checked_batch(batch_id, fresh=True))

@@ -64,6 +64,7 @@ def _delete_batches(
         if b.pass_no != pass_no or b.state == BatchState.DONE:
             continue
         ctx.stop.check()
+        ctx.check_lease()  # a run that lost its lease (broken by an operator) deletes nothing
         before = b.counts.get("deleted", 0)
         settle(ctx.journal, payload, b.id, ctx.retry, until=BatchState.DONE)
         deleted = ctx.journal.batch(b.id).counts.get("deleted", 0) - before
