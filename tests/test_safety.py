@@ -168,8 +168,9 @@ def _records(urls: dict[str, str]) -> dict[str, set[tuple[Any, ...]]]:
 # -- 1. a second process --------------------------------------------------------------
 
 
-def test_second_run_and_resume_of_a_held_run_are_refused(tmp_path, make_db, capsys):
-    urls = _urls("sqlite", make_db, ("sg", "us"))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_second_run_and_resume_of_a_held_run_are_refused(tmp_path, make_db, capsys, backend):
+    urls = _urls(backend, make_db, ("sg", "us"))
     path = _build(tmp_path, urls)
     before = _records(urls)
     first = subprocess.Popen(
@@ -207,8 +208,9 @@ def test_second_run_and_resume_of_a_held_run_are_refused(tmp_path, make_db, caps
     assert {r[0] for r in _rows(urls["sg"], "users")} == {4, 5}
 
 
-def test_resume_right_after_kill_takes_the_lease_at_once(tmp_path, make_db):
-    urls = _urls("sqlite", make_db, ("sg", "us"))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_resume_right_after_kill_takes_the_lease_at_once(tmp_path, make_db, backend):
+    urls = _urls(backend, make_db, ("sg", "us"))
     path = _build(tmp_path, urls)
     before = _records(urls)
     killed = subprocess.run(
@@ -338,8 +340,9 @@ def test_one_key_from_two_sources_is_a_conflict_never_an_overwrite(tmp_path, mak
 # -- 5. two datasets on one table -------------------------------------------------------
 
 
-def test_two_datasets_on_one_table_are_refused(tmp_path, make_db, capsys):
-    urls = _urls("sqlite", make_db, ("sg", "us"))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_datasets_on_one_table_are_refused(tmp_path, make_db, capsys, backend):
+    urls = _urls(backend, make_db, ("sg", "us"))
 
     def twice(data: dict[str, Any]) -> None:
         data["datasets"]["posts_again"] = {"table": "posts", "key": ["id"], "owner": "user_id"}
@@ -403,9 +406,20 @@ def test_rows_lost_at_home_after_verify_are_not_deleted_at_the_source(tmp_path, 
 # -- 7. an edited journal ---------------------------------------------------------------
 
 
-def test_a_journal_edited_from_copying_to_verified_is_detected(tmp_path, make_db, capsys):
-    urls = _urls("sqlite", make_db, ("sg", "us"))
-    path = _build(tmp_path, urls)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_journal_edited_from_copying_to_verified_is_detected(tmp_path, make_db, capsys, backend):
+    urls = _urls(backend, make_db, ("sg", "us"))
+    # the state store on the same engine as the data: SQLite file, or a PostgreSQL database
+    state_url = (
+        f"sqlite:///{tmp_path / '.domicile' / 'state.db'}"
+        if backend == "sqlite"
+        else make_db("postgresql")
+    )
+
+    def state_at(data: dict[str, Any]) -> None:
+        data["state"] = state_url
+
+    path = _build(tmp_path, urls, edit=state_at)
     before = _records(urls)
     killed = subprocess.run(
         command("run", "--batch-size", "1", "-c", str(path), crash="copying:2"),
@@ -415,7 +429,7 @@ def test_a_journal_edited_from_copying_to_verified_is_detected(tmp_path, make_db
         timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL
-    state = sa.create_engine(f"sqlite:///{tmp_path / '.domicile' / 'state.db'}")
+    state = sa.create_engine(state_url)
     with state.begin() as conn:
         edited = conn.execute(
             sa.text("UPDATE domicile_batches SET state = 'verified' WHERE state = 'copying'")
