@@ -29,18 +29,26 @@ from crashrun import command
 from domicile.datamap import load_map
 from domicile.demo import build_demo
 from domicile.fleet import Fleet
+from domicile.plan import Plan
+from domicile.run.audit_events import deployment_key
+from domicile.run.context import RunContext, RunOptions
+from domicile.run.home_blobs import HomeBlobMover
 from domicile.run.journal import BatchRecord, Journal
 from domicile.state import state_engine
 from invariants import check_invariants, snapshot
 from mediakit import (
+    add_video,
     assert_objects,
     check_rows_point_home,
     delete_object,
     expected_objects,
     hidden_leftovers,
+    keys_to_urls,
     media_to_s3,
     no_object_lost,
     object_snapshot,
+    object_url,
+    users_of,
     write_object,
 )
 
@@ -277,3 +285,90 @@ def test_object_deleted_after_its_copy_does_not_come_back(tmp_path, request, occ
     for keys in expected.values():
         keys.pop(key, None)  # gone everywhere: the application deleted it
     _finish_and_check(path, rows, expected)
+
+
+# -- objects abroad of rows already at home --------------------------------------------------
+
+
+def _upload_abroad(path: Path) -> tuple[str, int]:
+    """A US user's row at home (us-tx) naming, by URL, a new upload in the old bucket."""
+    keys_to_urls(path)
+    m = load_map(path)
+    owner = users_of(path, "US", "us-tx")[0]
+    key = f"videos/{owner}/uploaded-abroad.mp4"
+    write_object(m.stores["media-sg"], key, b"a new upload that went to the old bucket")
+    return key, add_video(path, "us-tx", owner, object_url(m.stores["media-sg"], key))
+
+
+def _moved_rows(before: dict[Any, Any], after: dict[Any, Any]) -> set[tuple[str, tuple[Any]]]:
+    """Videos whose store changed (their URL was rewritten at home, so their digest too)."""
+    return {("videos", (vid,)) for vid, places in after.items() if set(places) != set(before[vid])}
+
+
+@pytest.mark.parametrize("state", ["copying", "copied", "verified", "deleting"])
+def test_kill_inside_a_batch_of_objects_of_rows_at_home_then_resume(tmp_path, state):
+    """SIGKILL in the batch that moves a home row's object from abroad, then resume."""
+    path = build_demo(tmp_path / "demo", users=USERS, seed=SEED, media=True)
+    key, video = _upload_abroad(path)
+    m = load_map(path)
+    rows, objects, videos = snapshot(path), object_snapshot(path), _videos_by_id(path)
+    expected = expected_objects(path, objects)
+    assert key in expected["media-us"]
+    # the objects of rows that stay are copied first in a pass and deleted last
+    if state == "deleting":
+        probe = build_demo(tmp_path / "probe" / "demo", users=USERS, seed=SEED, media=True)
+        _upload_abroad(probe)
+        assert _cli(probe, "run", "--batch-size", BATCH).returncode == 0
+        journal = _journal(probe)
+        nth = len([b for b in journal.batches(journal.runs()[0].id) if b.pass_no == 1])
+    else:
+        nth = 1
+    killed = _cli(path, "run", "--batch-size", BATCH, crash=f"{state}:{nth}")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    journal = _journal(path)
+    run_id = journal.unfinished()[0].id
+    hit = max((b for b in journal.batches(run_id) if b.state == state), key=lambda b: b.id)
+    assert (hit.dataset, hit.source) == ("videos", "media-sg"), hit
+    # nothing lost at the crash, and the row names an object that exists with its bytes
+    no_object_lost(objects, object_snapshot(path))
+    ((where, row),) = _videos_by_id(path)[video].items()
+    assert where == "us-tx"
+    named = [
+        s for s in ("media-sg", "media-us") if row["media_key"] == object_url(m.stores[s], key)
+    ]
+    assert named and object_snapshot(path)[named[0]][key] == objects["media-sg"][key], row
+
+    resumed = _cli(path, "run", "--resume", run_id, "--batch-size", BATCH)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = _videos_by_id(path)
+    assert after[video]["us-tx"]["media_key"] == object_url(m.stores["media-us"], key)
+    _finish_and_check(path, rows, expected, _moved_rows(videos, after) | {("videos", (video,))})
+
+
+def test_undo_puts_an_unfinished_batch_of_objects_of_rows_at_home_back(tmp_path):
+    """An abandoned run's batch: the row names the object abroad again, home has no stray copy."""
+    path = build_demo(tmp_path / "demo", users=USERS, seed=SEED, media=True)
+    key, video = _upload_abroad(path)
+    m = load_map(path)
+    objects, before = object_snapshot(path), _videos_by_id(path)[video]["us-tx"]["media_key"]
+    killed = _cli(path, "run", "--batch-size", BATCH, crash="copied:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    journal = _journal(path)
+    run = journal.unfinished()[0]
+    (batch,) = [b for b in journal.batches(run.id) if b.source == "media-sg"]
+    assert _videos_by_id(path)[video]["us-tx"]["media_key"] == object_url(m.stores["media-us"], key)
+    journal.set_key(deployment_key(m))
+    with Fleet(m) as fleet:
+        plan = Plan(run.scope, (), (), (), ())
+        ctx = RunContext(m, fleet, journal, run.id, plan, RunOptions(), None, None)
+        mover = HomeBlobMover(ctx, m.datasets["videos"], fleet.objects["media-sg"])
+        assert mover.undo(journal.checked_batch(batch.id, fresh=True)) == 1
+    assert _videos_by_id(path)[video]["us-tx"]["media_key"] == before
+    after = object_snapshot(path)
+    assert after["media-sg"][key] == objects["media-sg"][key] and key not in after["media-us"]
+    # given up, a new run moves the object again from the start
+    assert _cli(path, "run", "--abandon", run.id).returncode == 0
+    done = _cli(path, "run", "--batch-size", BATCH)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _videos_by_id(path)[video]["us-tx"]["media_key"] == object_url(m.stores["media-us"], key)
+    assert key not in object_snapshot(path)["media-sg"]

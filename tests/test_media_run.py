@@ -27,6 +27,8 @@ from domicile.cli import run_cli
 from domicile.datamap import load_map
 from domicile.demo import build_demo
 from domicile.fleet import Fleet
+from domicile.run.journal import BatchRecord, Journal
+from domicile.state import state_engine
 from invariants import check_invariants, snapshot
 from mediakit import (
     TWIN,
@@ -264,33 +266,94 @@ def test_object_already_at_home_with_other_content_is_a_conflict(tmp_path, capsy
 # -- objects abroad whose rows do not move --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outside the media modules: a row already at home whose blob sits abroad is never "
-    "put in a batch (batch.Mover._targets judges the row only; plan.build_plan skips blob "
-    "cells), so the run ends incomplete however often it runs",
-)
-def test_blob_abroad_of_a_row_already_home_moves(tmp_path, capsys):
+def _last_batches(path: Path) -> list[BatchRecord]:
+    """The batches of the journal's latest run (read straight from the state store)."""
+    m = load_map(path)
+    journal = Journal(state_engine(m.state, m.base_dir))
+    return journal.batches(journal.runs()[-1].id)
+
+
+def _blob_orphans(census: dict[str, Any]) -> list[dict[str, Any]]:
+    """The census's orphans among the videos' objects (rows naming no object)."""
+    return [o for o in census["orphans"] if o["dataset"] == "videos.media_key"]
+
+
+def _media_key(path: Path, video: int) -> dict[str, Any]:
+    """SQL store -> media_key of one video, read with plain SQL."""
+    return {store: row["media_key"] for store, row in _videos(path)[video].items()}
+
+
+ABROAD = {
+    # name: (media_key holds URLs, object stores moved into S3)
+    "key": (False, None),
+    "url": (True, None),
+    "url-local-to-s3": (True, HOME_MEDIA),
+}
+
+
+@pytest.mark.parametrize("variant", list(ABROAD))
+def test_blob_abroad_of_a_row_already_home_moves(tmp_path, capsys, request, variant):
+    """A row at home naming a new upload that went to the old bucket: the object goes home."""
+    urls, s3_homes = ABROAD[variant]
     path = build_demo(tmp_path / "demo", users=40, seed=9, media=True)
+    if s3_homes is not None:
+        media_to_s3(path, request.getfixturevalue("s3_server"), s3_homes)
+    if urls:
+        keys_to_urls(path)
     m = load_map(path)
     owner = users_of(path, "US", "us-tx")[0]
     key = f"videos/{owner}/uploaded-abroad.mp4"
-    write_object(m.stores["media-sg"], key, b"new upload that still went to the old bucket")
-    add_video(path, "us-tx", owner, key)
+    data = b"new upload that still went to the old bucket"
+    write_object(m.stores["media-sg"], key, data)
+    value = object_url(m.stores["media-sg"], key) if urls else key
+    video = add_video(path, "us-tx", owner, value)
+    code, census = _scan_json(capsys, path)
+    assert code == 3, census
+    assert any(
+        c["violating"]
+        and (c["store"], c["dataset"], c["jurisdiction"]) == ("media-sg", "videos.media_key", "US")
+        for c in census["cells"]
+    ), census["cells"]
+    rows_before, videos_before = snapshot(path), _videos(path)
     before = object_snapshot(path)
     expected = expected_objects(path, before)
-    assert key in expected["media-us"]
+    assert expected["media-us"][key] == hashlib.sha256(data).hexdigest()
+    assert key not in expected["media-sg"]
+
     code, out = _run(capsys, "run", "-c", str(path))
     assert code == 0, out
-    assert_objects(expected, object_snapshot(path))
+    after = object_snapshot(path)
+    assert_objects(expected, after)  # the upload is home with its bytes, gone from media-sg
+    assert not hidden_leftovers(after)
+    # the row stayed where it was and names the object where it now is
+    home_value = object_url(m.stores["media-us"], key) if urls else key
+    assert _media_key(path, video) == {"us-tx": home_value}
+    check_rows_point_home(path, after)
+    # nothing else changed: only this row's column, and only when it held a URL
+    # rows' contents unchanged but where a URL was rewritten: the moved rows', and this one's
+    rows_after, videos_after = snapshot(path), _videos(path)
+    rewritten = {
+        ("videos", (vid,))
+        for vid, places in videos_after.items()
+        if vid == video or set(places) != set(videos_before[vid])
+    }
+    check_invariants(path, rows_before, rows_after, changed_by_app=rewritten if urls else set())
+    # journalled as one batch out of the object store, copied, verified and deleted
+    (batch,) = [b for b in _last_batches(path) if b.source == "media-sg" and b.dataset == "videos"]
+    assert batch.state == "done" and batch.counts["deleted"] == 1, batch
+    assert batch.counts["urls_rewritten"] == (1 if urls else 0)
+    code, census = _scan_json(capsys, path)
+    assert code == 0 and census["violations"] == 0, census
+    assert not _blob_orphans(census), census["orphans"]
+    # a second run finds nothing to do and changes nothing
+    code, out = _run(capsys, "run", "-c", str(path))
+    assert code == 0, out
+    assert object_snapshot(path) == after
+    assert snapshot(path) == rows_after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blob_copy.BlobMover.delete_source deletes the source object once its moving row is "
-    "gone, without asking whether a row that stays (a public video) names the same object",
-)
 def test_object_shared_by_a_row_that_stays_is_kept(tmp_path, capsys):
+    """A private video moves home, a public one kept abroad names the same file: it stays."""
     path = build_demo(tmp_path / "demo", users=40, seed=9, media=True)
     keys_to_urls(path)
     m = load_map(path)
@@ -299,14 +362,98 @@ def test_object_shared_by_a_row_that_stays_is_kept(tmp_path, capsys):
     # a private video of a US user (it moves) and a public one naming the same file (it stays)
     shared = _moving_key(expected, before, "videos")
     url = object_url(m.stores["media-sg"], shared)
-    public = add_video(path, "sg-main", int(shared.split("/")[1]), url, visibility="public")
+    owner = int(shared.split("/")[1])
+    private = next(
+        vid
+        for vid, places in _videos(path).items()
+        if places.get("sg-main", {}).get("media_key") == url
+    )
+    public = add_video(path, "sg-main", owner, url, visibility="public")
     code, out = _run(capsys, "run", "-c", str(path))
     assert code == 0, out
     after = object_snapshot(path)
-    assert after["media-us"][shared] == before["media-sg"][shared]  # the private row's copy
-    assert set(_videos(path)[public]) == {"sg-main"}
-    # the public row must not become an orphan: its URL still names the object in media-sg
+    # the private row's copy went home; the public row's object stayed beside it
+    expected["media-sg"][shared] = before["media-sg"][shared]
+    assert_objects(expected, after)
+    assert _media_key(path, private) == {"us-tx": object_url(m.stores["media-us"], shared)}
+    assert _media_key(path, public) == {"sg-main": url}
+    check_rows_point_home(path, after)
+    kept = sum(b.counts.get("blobs_shared", 0) for b in _last_batches(path))
+    assert kept == 1
+    # the public row is no orphan: its URL still names the object in media-sg
     code, census = _scan_json(capsys, path)
+    assert code == 0 and census["violations"] == 0, census
     orphans = {(o["store"], o["dataset"]) for o in census["orphans"]}
     assert ("sg-main", "videos.media_key") not in orphans
-    assert after["media-sg"].get(shared) == before["media-sg"][shared]  # the public row's object
+
+
+def test_object_abroad_shared_by_a_row_at_home_and_a_moving_row(tmp_path, capsys):
+    """A video at home and a moving one name one file abroad (a repost): both end home."""
+    path = build_demo(tmp_path / "demo", users=40, seed=9, media=True)
+    keys_to_urls(path)
+    m = load_map(path)
+    before = object_snapshot(path)
+    expected = expected_objects(path, before)
+    shared = _moving_key(expected, before, "videos")
+    url = object_url(m.stores["media-sg"], shared)
+    repost = add_video(path, "us-tx", int(shared.split("/")[1]), url)
+    code, out = _run(capsys, "run", "-c", str(path))
+    assert code == 0, out
+    after = object_snapshot(path)
+    assert_objects(expected, after)  # home with its bytes, and gone from media-sg
+    # the row at home was pointed home before the moving row's batch deleted the file
+    assert _media_key(path, repost) == {"us-tx": object_url(m.stores["media-us"], shared)}
+    check_rows_point_home(path, after)
+    code, census = _scan_json(capsys, path)
+    assert code == 0 and census["violations"] == 0 and not _blob_orphans(census), census
+
+
+def test_object_abroad_of_a_row_at_home_shared_with_a_row_that_stays(tmp_path, capsys):
+    """A row at home and a public row abroad name one file there: home gets a copy, it stays."""
+    path = build_demo(tmp_path / "demo", users=40, seed=9, media=True)
+    keys_to_urls(path)
+    m = load_map(path)
+    owner = users_of(path, "US", "us-tx")[0]
+    key = f"videos/{owner}/shared-abroad.mp4"
+    write_object(m.stores["media-sg"], key, b"one file, two rows")
+    url = object_url(m.stores["media-sg"], key)
+    at_home = add_video(path, "us-tx", owner, url)
+    public = add_video(path, "sg-main", owner, url, visibility="public")
+    before = object_snapshot(path)
+    code, out = _run(capsys, "run", "-c", str(path))
+    assert code == 0, out
+    after = object_snapshot(path)
+    assert after["media-sg"][key] == before["media-sg"][key]  # kept for the public row
+    assert after["media-us"][key] == before["media-sg"][key]  # the copy the home row names
+    assert _media_key(path, at_home) == {"us-tx": object_url(m.stores["media-us"], key)}
+    assert _media_key(path, public) == {"sg-main": url}
+    (batch,) = [b for b in _last_batches(path) if b.source == "media-sg" and b.dataset == "videos"]
+    assert batch.counts["blobs_shared"] == 1 and batch.counts["deleted"] == 0, batch
+    code, census = _scan_json(capsys, path)
+    assert code == 0 and census["violations"] == 0 and not _blob_orphans(census), census
+
+
+def test_object_shared_by_bare_key_is_kept_and_the_run_says_so(tmp_path, capsys):
+    """By bare key, one name cannot follow both rows: the object stays, the run ends incomplete.
+
+    The public row abroad keeps its object beside it; the moving row's copy is
+    home; but the moved row's key still finds the object abroad first, so the
+    census (and the run) report it rather than pretend it moved.
+    """
+    path = build_demo(tmp_path / "demo", users=40, seed=9, media=True)
+    before = object_snapshot(path)
+    expected = expected_objects(path, before)
+    shared = _moving_key(expected, before, "videos")
+    public = add_video(path, "sg-main", int(shared.split("/")[1]), shared, visibility="public")
+    code, out = _run(capsys, "run", "--max-passes", "3", "-c", str(path))
+    assert code == 4, out
+    assert "1 videos.media_key records of US remain in media-sg" in out, out
+    after = object_snapshot(path)
+    assert after["media-sg"][shared] == before["media-sg"][shared]  # beside the public row
+    assert after["media-us"][shared] == before["media-sg"][shared]  # the moved row's copy
+    expected["media-sg"][shared] = before["media-sg"][shared]
+    assert_objects(expected, after)  # everything else moved as usual
+    assert _media_key(path, public) == {"sg-main": shared}
+    shared_counts = [b.counts.get("blobs_shared", 0) for b in _last_batches(path)]
+    # kept once with the moving row, once more for the moved row at home; not again
+    assert sum(shared_counts) == 2, shared_counts

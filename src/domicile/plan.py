@@ -17,6 +17,7 @@ from domicile.errors import ConfigError
 from domicile.model import DataMap, ForeignKey
 from domicile.placement import home_store
 from domicile.scan import Census
+from domicile.scan_objects import blob_cell_name
 
 DEFAULT_BATCH_SIZE = 2000
 # Rows per second assumed for the time estimate: what benchmarks/move.py measured
@@ -62,6 +63,10 @@ class Plan:
     conflicts: int = 0
     excepted: int = 0
     notes: tuple[str, ...] = field(default=())
+    # (dataset, object store) holding objects that rows name and that are
+    # violating: where the run looks for objects of rows that do not move
+    # themselves (:mod:`domicile.run.home_blobs`)
+    blob_sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def records(self) -> int:
@@ -165,14 +170,22 @@ def build_plan(
     """The moves that bring the scope's violating records home, in dependency order."""
     juris = resolve_scope(m, scope)
     totals: dict[tuple[str, str, str], list[Any]] = {}
+    blob_cells = {blob_cell_name(d): d.name for d in m.datasets.values() if d.blobs is not None}
+    blob_sources: list[tuple[str, str]] = []
     conflicts = excepted = 0
     for cell in sorted(census.cells.values(), key=lambda c: (c.dataset, c.store, c.jurisdiction)):
         if cell.jurisdiction not in juris:
             continue
         conflicts += cell.conflicts
         excepted += cell.excepted
+        if cell.violating and cell.dataset in blob_cells:
+            # blob cells ("videos.media_key") move with their rows, or on their
+            # own when the row naming them stays (it is already home)
+            where = (blob_cells[cell.dataset], cell.store)
+            if where not in blob_sources:
+                blob_sources.append(where)
         if not cell.violating or cell.dataset not in m.datasets:
-            continue  # blob cells ("videos.media_key") move with their rows
+            continue
         ds = m.datasets[cell.dataset]
         target = home_store(m, m.jurisdictions[cell.jurisdiction], ds)
         key = (cell.dataset, cell.store, target)
@@ -226,4 +239,5 @@ def build_plan(
         conflicts=conflicts,
         excepted=excepted,
         notes=tuple(notes),
+        blob_sources=tuple(blob_sources),
     )

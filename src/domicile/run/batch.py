@@ -428,13 +428,18 @@ class Mover(RowReader):
             "home_lost": len(home_lost) + sum(1 for r in rows if r.status == "home-lost"),
         }
         if self.blobs is not None:
-            # the rows are gone from the source: now their objects, if unchanged
+            # the rows are gone from the source: now their objects, if unchanged and
+            # if no row still there names them (a public video kept abroad may
+            # name the same file; its object must stay beside it)
             gone_keys = {k for k in deletable if k not in pinned}
             gone = [r for k, r in zip(keys, moving, strict=True) if k in gone_keys] + ours
-            outcomes = [self.blobs.delete_source(r.blob) for r in gone if r.blob is not None]
+            outcomes = self.blobs.delete_sources(
+                [r.blob for r in gone if r.blob is not None], sql_stores=[source_name]
+            )
             counts["blobs_deleted"] = outcomes.count("deleted") + outcomes.count("gone")
             counts["blobs_changed"] = outcomes.count("changed")
             counts["blobs_home_lost"] = outcomes.count("home-lost")
+            counts["blobs_shared"] = outcomes.count("shared")
         journal.transition(batch.id, "done", counts=counts)
         delete_marks.clear(self.source.store, mark)
         self.ctx.emit(

@@ -4,14 +4,17 @@ Within a row's batch: the object is located when the batch is formed (its
 store, key and version are journalled with the row), streamed to the home
 object store of the row's jurisdiction under the same key *before* the row is
 written at home, verified there by SHA-256 with the row, and deleted at the
-source only after the row was — and only if it is unchanged since the copy.
-A column holding a full URL is rewritten to the new place in the same
-transaction that writes the row at home.
+source only after the row was — and only if it is unchanged since the copy
+and no row still at the source names it (:mod:`domicile.run.blob_refs`).  A
+column holding a full URL is rewritten to the new place in the same
+transaction that writes the row at home.  Objects that rows which do not move
+name are moved by :mod:`domicile.run.home_blobs` with the same methods.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -20,6 +23,7 @@ from domicile.blobs import BlobLocator, is_url
 from domicile.connectors.objects import ObjectStore
 from domicile.errors import ConfigError, ConflictError, VerificationError
 from domicile.model import Dataset
+from domicile.run.blob_refs import Moving, named_keys
 from domicile.run.journal import batch_rows
 
 if TYPE_CHECKING:
@@ -79,12 +83,18 @@ class BlobMover:
         return home.url_for(blob["key"]) if blob["url"] else str(blob["key"])
 
     def copy(self, blob: dict[str, Any], sql_target: str) -> dict[str, Any]:
-        """Stream the object to its home (same key); returns the blob with its SHA-256.
+        """Stream the object to the home of the row's SQL home *sql_target* (same key).
+
+        Returns the blob with its SHA-256 (see :meth:`copy_to`).
+        """
+        return self.copy_to(blob, self.home_store(sql_target))
+
+    def copy_to(self, blob: dict[str, Any], home_name: str) -> dict[str, Any]:
+        """Stream the object to object store *home_name* (same key); returns it with its SHA-256.
 
         An object already at home under the key is never overwritten silently
         (see :meth:`_already_home`).
         """
-        home_name = self.home_store(sql_target)
         out = dict(blob, home=home_name)
         if blob["store"] == home_name:
             out["sha256"] = self._store(home_name).sha256(blob["key"])
@@ -162,6 +172,37 @@ class BlobMover:
                 f"copied {str(blob.get('sha256'))[:12]}…",
                 hint="nothing was deleted; resume the run to copy it again",
             )
+
+    def delete_sources(
+        self,
+        blobs: Iterable[dict[str, Any]],
+        *,
+        sql_stores: Collection[str] | None,
+        moving: Moving = (),
+    ) -> list[str]:
+        """:meth:`delete_source` for each blob, but keep those a row still names.
+
+        Before any source object goes, the rows in *sql_stores* (None: every
+        SQL store) are asked set-wise, per source object store, whether they
+        still name it (:func:`~domicile.run.blob_refs.named_keys`; *moving*
+        are the rows whose bare keys the home copies serve).  A named object
+        stays: ``shared`` (nothing lost; the home copy stays too).
+        """
+        todo = list(blobs)
+        by_store: dict[str, list[str]] = {}
+        for b in todo:
+            if b["store"] != b.get("home"):  # an object already home is never deleted
+                by_store.setdefault(b["store"], []).append(b["key"])
+        named = {
+            (store, key)
+            for store, keys in by_store.items()
+            for key in named_keys(
+                self.ctx, self._store(store), keys, sql_stores=sql_stores, moving=moving
+            )
+        }
+        return [
+            "shared" if (b["store"], b["key"]) in named else self.delete_source(b) for b in todo
+        ]
 
     def delete_source(self, blob: dict[str, Any]) -> str:
         """Delete the source object if unchanged since the copy; copy it again if it changed.

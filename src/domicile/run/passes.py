@@ -2,7 +2,9 @@
 
 Each (dataset, source) pair is walked batch by batch; each batch is driven
 through the protocol by :func:`domicile.run.protocol.settle`, never by this
-module.  A stop asked for by a signal is honoured between batches.
+module.  Objects abroad that rows which do not move name (rows already home)
+are a payload of their own (:mod:`domicile.run.home_blobs`), copied first
+and deleted last.  A stop asked for by a signal is honoured between batches.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.run.batch import Mover
 from domicile.run.context import RunContext
-from domicile.run.journal import BatchRow
+from domicile.run.home_blobs import HomeBlobMover, staying_blobs
+from domicile.run.journal import BatchRecord, BatchRow
 from domicile.run.objects_move import ObjectMover
 from domicile.run.protocol import BatchState, Payload, settle
 
@@ -138,12 +141,69 @@ def _delete_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: 
     _delete_batches(ctx, ObjectMover(ctx, ds, source), ds.name, source.name, pass_no)
 
 
+def _home_blob_batches(ctx: RunContext, ds: Dataset, pass_no: int) -> list[BatchRecord]:
+    """This pass's batches of objects that rows staying put name (their source: an object store)."""
+    return [
+        b
+        for b in ctx.journal.batches(ctx.run_id, ds.name)
+        if b.pass_no == pass_no and b.source in ctx.fleet.objects
+    ]
+
+
+def _copy_home_blobs(ctx: RunContext, ds: Dataset, pass_no: int) -> None:
+    """Journal, copy and verify the objects abroad of rows that do not move (already home)."""
+    journal = ctx.journal
+    current = _home_blob_batches(ctx, ds, pass_no)
+    for b in current:  # a resume: finish the copy of what this pass journalled
+        ctx.stop.check()
+        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[b.source])
+        settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
+    # only the object stores the census found violating blobs in are looked at
+    sources = {s for d, s in ctx.plan.blob_sources if d == ds.name and s in ctx.fleet.objects}
+    if not sources:
+        return
+    found = ctx.retry.call(partial(staying_blobs, ctx, ds, sources))
+    for source, rows in found.items():
+        mine = [b for b in current if b.source == source]
+        after = str(mine[-1].hi[0]) if mine else None
+        seq = max((b.seq for b in mine), default=0) + 1
+        rows = [r for r in rows if after is None or str(r.key[0]) > after]
+        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[source])
+        for start in range(0, len(rows), ctx.options.batch_size):
+            ctx.stop.check()
+            chunk = rows[start : start + ctx.options.batch_size]
+            lo = (after,) if after is not None else None
+            hi = chunk[-1].key
+            batch_id = journal.add_batch(ctx.run_id, ds.name, source, pass_no, seq, lo, hi, chunk)
+            seq += 1
+            after = str(hi[0])
+            settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED)
+            ctx.progress("copied", ds.name, len(chunk))
+
+
+def _delete_home_blobs(ctx: RunContext, ds: Dataset, pass_no: int) -> None:
+    """Compare-and-delete at their sources the objects :func:`_copy_home_blobs` verified."""
+    sources = dict.fromkeys(b.source for b in _home_blob_batches(ctx, ds, pass_no))
+    for source in sources:
+        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[source])
+        _delete_batches(ctx, mover, ds.name, source, pass_no)
+
+
 def run_pass(ctx: RunContext, pass_no: int) -> None:
     """One pass: copy and verify in copy order, then delete in delete order.
 
-    Rows (and the objects they name) go first, parents before children; then
-    the object datasets.  Deletes run the other way round.
+    First the objects abroad that rows staying put name (rows already home
+    that name an object in a store their rule forbids): read before any row
+    moves, so that the rows this pass moves are not mistaken for them, and
+    copied (URLs at home rewritten) before any source object is deleted.
+    Then rows (and the objects they name), parents before children; then the
+    object datasets.  Deletes run the other way round, the staying rows'
+    objects last: by then the rows that moved are gone from their sources
+    and no longer keep a shared object there.
     """
+    blob_datasets = [ctx.map.datasets[d] for d in ctx.order if ctx.map.datasets[d].blobs]
+    for ds in blob_datasets:
+        _copy_home_blobs(ctx, ds, pass_no)
     for dataset in ctx.order:
         pairs = _pairs(ctx, dataset)
         if pairs:
@@ -154,3 +214,5 @@ def run_pass(ctx: RunContext, pass_no: int) -> None:
     _parallel(ctx, _delete_objects, objects, pass_no)
     for dataset in reversed(ctx.order):
         _parallel(ctx, _delete_pair, _pairs(ctx, dataset), pass_no)
+    for ds in reversed(blob_datasets):
+        _delete_home_blobs(ctx, ds, pass_no)
