@@ -13,24 +13,27 @@ shells map those to exit codes or HTTP statuses in one place each.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domicile.datamap import load_map
+from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import ConfigError, DomicileError
 from domicile.fleet import Fleet
 from domicile.model import DataMap
-from domicile.plan import DEFAULT_BATCH_SIZE, Plan
-from domicile.run.audit_events import RunAudit
-from domicile.run.executor import Progress, RunOptions, RunResult, execute, plan_for
-from domicile.run.executor import abandon as _abandon
-from domicile.run.journal import BatchRecord, Journal, RunRecord
-from domicile.run.lease import Holder, current_holder
-from domicile.scan import Census
-from domicile.scan import scan as _scan
 from domicile.state import state_engine
+
+# The run package, the planner and the scanner are imported by the functions
+# that use them: ``domicile check`` needs none of them.
+if TYPE_CHECKING:
+    from domicile.plan import Plan
+    from domicile.run.executor import Progress, RunOptions, RunResult
+    from domicile.run.journal import BatchRecord, Journal, RunRecord
+    from domicile.run.lease import Holder
+    from domicile.scan import Census
 
 __all__ = [
     "CheckResult",
@@ -52,6 +55,18 @@ __all__ = [
 
 MapLike = DataMap | Path | str
 
+_LAZY = {"RunOptions": "domicile.run.executor", "RunResult": "domicile.run.executor"}
+
+
+def __getattr__(name: str) -> Any:
+    # api.RunOptions and api.RunResult, without importing the run package up front
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 def load(config: MapLike) -> DataMap:
     """The data map, loaded and validated (a loaded map is returned as is)."""
@@ -60,6 +75,8 @@ def load(config: MapLike) -> DataMap:
 
 def journal(m: DataMap) -> Journal:
     """The map's journal (read-only until a run opens it with the deployment key)."""
+    from domicile.run.journal import Journal
+
     return Journal(state_engine(m.state, m.base_dir))
 
 
@@ -113,6 +130,8 @@ def check(config: MapLike, on_store: Callable[[StoreCheck], None] | None = None)
 
 def scan(config: MapLike) -> Census:
     """The census: where each jurisdiction's records sit, and which break the rule."""
+    from domicile.scan import scan as _scan
+
     m = load(config)
     with Fleet(m) as fleet:
         return _scan(fleet)
@@ -122,6 +141,8 @@ def plan(
     config: MapLike, scope: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> tuple[Census, Plan]:
     """The census and the moves that would bring every violating record of *scope* home."""
+    from domicile.run.executor import plan_for
+
     m = load(config)
     with Fleet(m) as fleet:
         return plan_for(fleet, list(scope) if scope else None, batch_size)
@@ -141,6 +162,9 @@ def run(
     new run is refused while another is unfinished unless *confirm_resume*
     agrees to resume it.
     """
+    from domicile.run.audit_events import RunAudit
+    from domicile.run.executor import RunOptions, execute
+
     m = load(config)
     j = journal(m)
     audit = RunAudit(m, j.engine)
@@ -157,6 +181,9 @@ def run(
 
 def abandon(config: MapLike, run_id: str) -> None:
     """Give up an unfinished run: never resumed; new runs may start."""
+    from domicile.run.audit_events import RunAudit
+    from domicile.run.executor import abandon as _abandon
+
     m = load(config)
     j = journal(m)
     _abandon(m, j, run_id, RunAudit(m, j.engine))
@@ -174,6 +201,8 @@ class StatusResult:
 
 def status(config: MapLike, run_id: str | None = None) -> StatusResult:
     """Where runs stand."""
+    from domicile.run.lease import current_holder
+
     m = load(config)
     j = journal(m)
     holder = current_holder(j.engine)
@@ -203,6 +232,8 @@ class VerifyResult:
 
 def verify(config: MapLike, run_id: str | None = None) -> VerifyResult:
     """A fresh scan: are the run's (or every) jurisdictions' records all where they may be?"""
+    from domicile.scan import scan as _scan
+
     m = load(config)
     scope: list[str] = list(m.jurisdictions)
     if run_id is not None:

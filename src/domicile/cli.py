@@ -2,6 +2,11 @@
 
 Errors reach the user through :func:`main`, the one place that maps them to
 exit codes and prints them without a traceback.
+
+Importing this module must stay cheap: ``domicile --help`` and every
+``domicile COMMAND --help`` import only it, Typer and :mod:`domicile.errors`.
+Each command imports the library modules it needs (SQLAlchemy, pydantic, the
+run package, the report) when it runs; ``tests/test_startup.py`` holds this.
 """
 
 from __future__ import annotations
@@ -9,14 +14,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from domicile import api
 from domicile.audit.cli import audit_app, keys_app
-from domicile.datamap import load_map
+from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import (
     EXIT_BAD_INPUT,
     EXIT_INCOMPLETE,
@@ -25,15 +28,14 @@ from domicile.errors import (
     DomicileError,
     exit_code_for,
 )
-from domicile.fleet import Fleet
-from domicile.model import DataMap
-from domicile.plan import DEFAULT_BATCH_SIZE
-from domicile.render import RunProgress, print_census, print_plan, print_status
-from domicile.run.audit_events import RunAudit
-from domicile.run.executor import RunOptions, RunResult, execute, plan_for
-from domicile.run.executor import abandon as abandon_run
-from domicile.run.journal import Journal, RunRecord
-from domicile.state import state_engine
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from domicile import api
+    from domicile.model import DataMap
+    from domicile.run.executor import RunOptions, RunResult
+    from domicile.run.journal import Journal, RunRecord
 
 app = typer.Typer(
     name="domicile",
@@ -49,6 +51,8 @@ ConfigOpt = typer.Option(Path("domicile.yaml"), "-c", "--config", help="The data
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
         # CI logs and files: plain text, wide enough that tables do not fold
@@ -57,12 +61,17 @@ def _console() -> Console:
 
 
 def _err_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def check(config: Path = ConfigOpt) -> None:
     """Validate the data map and reach every store (one line per store); changes nothing."""
+    from domicile import api
+    from domicile.datamap import load_map
+
     console = _console()
     m = load_map(config)
     console.print(
@@ -90,6 +99,10 @@ def scan(
     as_json: bool = typer.Option(False, "--json", help="Print the census as JSON."),
 ) -> None:
     """The census: where each jurisdiction's records sit, and which break the rule."""
+    from domicile import api
+    from domicile.datamap import load_map
+    from domicile.render import print_census
+
     m = load_map(config)
     census = api.scan(m)
     if as_json:
@@ -105,6 +118,9 @@ JurisOpt = typer.Option(
 
 
 def _journal(m: DataMap) -> Journal:
+    from domicile.run.journal import Journal
+    from domicile.state import state_engine
+
     return Journal(state_engine(m.state, m.base_dir))
 
 
@@ -116,6 +132,11 @@ def plan(
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1),
 ) -> None:
     """The moves that would bring every violating record home, in order."""
+    from domicile.datamap import load_map
+    from domicile.fleet import Fleet
+    from domicile.render import print_plan
+    from domicile.run.executor import plan_for
+
     m = load_map(config)
     with Fleet(m) as fleet:
         _, the_plan = plan_for(fleet, jurisdiction, batch_size)
@@ -150,6 +171,13 @@ def run(
     ),
 ) -> None:
     """Bring it home: copy, verify, compare-and-delete; resumable; then verify by scan."""
+    from domicile.datamap import load_map
+    from domicile.fleet import Fleet
+    from domicile.render import print_census, print_plan
+    from domicile.run.audit_events import RunAudit
+    from domicile.run.executor import RunOptions, plan_for
+    from domicile.run.executor import abandon as abandon_run
+
     m = load_map(config)
     console = _console()
     if abandon is not None:
@@ -196,6 +224,11 @@ def _confirm_resume(record: RunRecord) -> bool:
 def _execute(
     console: Console, m: DataMap, journal: Journal, options: RunOptions, resume: str | None
 ) -> RunResult:
+    from domicile.fleet import Fleet
+    from domicile.render import RunProgress, print_census, print_plan
+    from domicile.run.audit_events import RunAudit
+    from domicile.run.executor import execute, plan_for
+
     with Fleet(m) as fleet:
         before, the_plan = plan_for(fleet, options.scope or None, options.batch_size)
     print_census(console, m, before, title="Census before")
@@ -225,12 +258,19 @@ def _execute(
 @app.command()
 def status(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
     """Where runs stand: every run, or one run's batches by dataset and state."""
+    from domicile import api
+    from domicile.render import print_status
+
     print_status(_console(), api.status(config, run_id))
 
 
 @app.command()
 def verify(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
     """A fresh scan: exit 0 when no record of the run's jurisdictions is out of place."""
+    from domicile import api
+    from domicile.datamap import load_map
+    from domicile.render import print_census
+
     m = load_map(config)
     result = api.verify(m, run_id)
     console = _console()
@@ -252,7 +292,11 @@ def demo(
     ),
 ) -> None:
     """Build the demo fleet of a short-video app, show its census, bring the data home."""
+    from domicile.datamap import load_map
     from domicile.demo import build_demo
+    from domicile.render import print_census
+    from domicile.report import report_data, write_report
+    from domicile.run.executor import RunOptions
 
     console = _console()
     console.print(f"building the demo fleet in {directory} ({users:,} users) ...")
@@ -264,8 +308,6 @@ def demo(
     result = _execute(console, m, _journal(m), RunOptions(workers=2), None)
     print_census(console, m, result.after, title="Census after")
     console.print(f"run {result.run_id}: {result.status} in {result.seconds:.1f}s")
-    from domicile.report import report_data, write_report
-
     journal = _journal(m)
     report_path = write_report(
         path.parent / "report.html", report_data(m, journal, journal.engine, result.run_id)
@@ -285,6 +327,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the report's data as JSON."),
 ) -> None:
     """The residency report of a run: one self-contained HTML file an auditor can read."""
+    from domicile.datamap import load_map
     from domicile.report import report_data, write_report
 
     m = load_map(config)
@@ -306,6 +349,8 @@ def run_cli(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else 1)
     except DomicileError as exc:
+        from rich.markup import escape
+
         _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return exit_code_for(exc)
     return EXIT_OK

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domicile.audit.note import Signer, Verifier, parse_verifier_keys
+from domicile.defaults import DEFAULT_KEY_NAME
 from domicile.errors import ConfigError
 
-DEFAULT_KEY_NAME = "domicile-audit"
 PRIVATE_KEY_FILE = "audit.key"
 PUBLIC_KEY_FILE = "audit.pub"
 HMAC_KEY_FILE = "hmac.key"

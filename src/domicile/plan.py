@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import ConfigError
 from domicile.model import DataMap, ForeignKey
 from domicile.placement import home_store
 from domicile.scan import Census
 from domicile.scan_objects import blob_cell_name
 
-DEFAULT_BATCH_SIZE = 2000
 # Rows per second assumed for the time estimate: what benchmarks/move.py measured
 # on SQLite -> SQLite on 2 cores (see the README); a run prints its real rate.
 DEFAULT_RATE = 4_000.0

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
-from domicile.audit.export import ExportResult, export_log
-from domicile.audit.log import AuditLog, canonical_json
-from domicile.audit.verify import LogTampered, VerifyResult, verify_export, verify_log
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from domicile.audit.export import ExportResult, export_log
+    from domicile.audit.log import AuditLog, canonical_json
+    from domicile.audit.verify import LogTampered, VerifyResult, verify_export, verify_log
 
 __all__ = [
     "AuditLog",
@@ -24,3 +28,29 @@ __all__ = [
     "verify_export",
     "verify_log",
 ]
+
+# Imported on first use: ``domicile --help`` imports this package (for
+# :mod:`domicile.audit.cli`) and must not pay for SQLAlchemy and cryptography.
+_LAZY = {
+    "AuditLog": "domicile.audit.log",
+    "canonical_json": "domicile.audit.log",
+    "ExportResult": "domicile.audit.export",
+    "export_log": "domicile.audit.export",
+    "LogTampered": "domicile.audit.verify",
+    "VerifyResult": "domicile.audit.verify",
+    "verify_export": "domicile.audit.verify",
+    "verify_log": "domicile.audit.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

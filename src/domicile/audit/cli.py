@@ -4,6 +4,10 @@ The main CLI mounts them with ``app.add_typer(audit_app, name="audit")`` and
 ``app.add_typer(keys_app, name="keys")``.  Exit codes: 0 ok, 2 bad input,
 5 the audit log does not verify.  Errors are printed as one message on
 stderr, never as a traceback.
+
+Importing this module must stay cheap (``domicile --help`` does): SQLAlchemy,
+YAML, cryptography and the audit log are imported by the commands that use
+them.
 """
 
 from __future__ import annotations
@@ -11,21 +15,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import typer
-import yaml
 
-from domicile import keys as keystore
-from domicile.audit.export import export_log
-from domicile.audit.log import AuditLog, stored_origin
-from domicile.audit.merkle import leaf_hash
-from domicile.audit.verify import LogTampered, VerifyResult, verify_export, verify_log
+from domicile.defaults import DEFAULT_KEY_NAME
 from domicile.errors import (
     EXIT_BAD_INPUT,
     AuditIntegrityError,
@@ -33,7 +32,12 @@ from domicile.errors import (
     DomicileError,
     exit_code_for,
 )
-from domicile.state import DEFAULT_STATE, state_engine
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from domicile.audit.log import AuditLog
+    from domicile.audit.verify import VerifyResult
 
 audit_app = typer.Typer(
     help="Check, prove and export the tamper-evident audit log.", no_args_is_help=True
@@ -75,6 +79,11 @@ def _state_and_keys(config: Path, *, required: bool = True) -> _Settings:
     ``audit: {origin: ..., keys: ...}`` are optional; keys default to
     ``.domicile/keys`` beside the map.
     """
+    import yaml
+
+    from domicile import keys as keystore
+    from domicile.state import DEFAULT_STATE
+
     base = config.parent
     data: Any = {}
     if config.exists():
@@ -110,6 +119,8 @@ def _state_and_keys(config: Path, *, required: bool = True) -> _Settings:
 
 @contextmanager
 def _engine(settings: _Settings) -> Iterator[sa.Engine]:
+    from domicile.state import state_engine
+
     engine = state_engine(settings.state_url, settings.base)
     try:
         yield engine
@@ -133,16 +144,26 @@ def _errors() -> Iterator[None]:
     except DomicileError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exit_code_for(exc)) from None
-    except sa.exc.SQLAlchemyError as exc:
-        typer.echo(f"error: the state store failed: {_short(exc)}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        if not _is_sqlalchemy_error(exc):
+            raise
+        typer.echo(f"error: the state store failed: {_short(exc)}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _is_sqlalchemy_error(exc: BaseException) -> bool:
+    """True for a SQLAlchemy error (none can be raised before SQLAlchemy is imported)."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 def _key_texts(files: list[Path] | None, settings: _Settings | None) -> list[str]:
     """The verifier keys: from --public-key files, else the deployment's own public key."""
+    from domicile import keys as keystore
+
     if not files:
         if settings is None or not (settings.keys_dir / keystore.PUBLIC_KEY_FILE).exists():
             raise ConfigError(
@@ -154,6 +175,9 @@ def _key_texts(files: list[Path] | None, settings: _Settings | None) -> list[str
 
 
 def _log(engine: sa.Engine, settings: _Settings, origin: str | None = None) -> AuditLog:
+    from domicile import keys as keystore
+    from domicile.audit.log import AuditLog, stored_origin
+
     chosen = origin or settings.origin or stored_origin(engine) or keystore.default_origin()
     return AuditLog(engine, chosen)
 
@@ -188,6 +212,8 @@ def verify_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Rehash every entry and check every checkpoint: exit 0 ok, 5 tampered."""
+    from domicile.audit.verify import verify_export, verify_log
+
     with _errors():
         if from_dir is not None:
             # An auditor may hold only the folder and the key: the map is optional.
@@ -206,6 +232,9 @@ def verify_command(
 
 def _verify_journal(engine: sa.Engine, settings: _Settings) -> int | None:
     """Check every journalled batch's MAC; None when there is no journal or no key."""
+    import sqlalchemy as sa
+
+    from domicile import keys as keystore
     from domicile.run.journal import Journal, JournalTampered, batches
 
     if not sa.inspect(engine).has_table(batches.name):
@@ -234,6 +263,9 @@ def prove_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Print the inclusion proof of ENTRY as JSON."""
+    from domicile.audit.merkle import leaf_hash
+    from domicile.audit.verify import LogTampered
+
     with _errors():
         settings = _state_and_keys(config)
         with _engine(settings) as engine:
@@ -292,6 +324,8 @@ def export_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Write the log, checkpoints, public key and a README to DIRECTORY, then verify it."""
+    from domicile.audit.export import export_log
+
     with _errors():
         settings = _state_and_keys(config)
         key = _key_texts([public_key] if public_key else None, settings)[0]
@@ -309,6 +343,8 @@ def checkpoint_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Sign the current tree head, store it and print the checkpoint."""
+    from domicile import keys as keystore
+
     with _errors():
         settings = _state_and_keys(config)
         signer = keystore.load_signer(settings.keys_dir / keystore.PRIVATE_KEY_FILE)
@@ -326,6 +362,8 @@ def cosign_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Add a witness signature to the latest checkpoint and print it."""
+    from domicile import keys as keystore
+
     with _errors():
         settings = _state_and_keys(config)
         witness = keystore.load_signer(key, name)
@@ -343,10 +381,12 @@ def keys_init_command(
         None, "--dir", help="Where to write the keys; default: .domicile/keys beside the map."
     ),
     force: bool = typer.Option(False, "--force", help="Replace existing keys."),
-    name: str = typer.Option(keystore.DEFAULT_KEY_NAME, "--name", help="The signing key's name."),
+    name: str = typer.Option(DEFAULT_KEY_NAME, "--name", help="The signing key's name."),
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Create the audit signing key pair and the HMAC key."""
+    from domicile import keys as keystore
+
     with _errors():
         target = directory or _state_and_keys(config, required=False).keys_dir
         files = keystore.init_keys(target, name=name, force=force)
@@ -362,6 +402,8 @@ def keys_public_command(
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Print the audit verifier key (to publish, or to give to an auditor)."""
+    from domicile import keys as keystore
+
     with _errors():
         target = directory or _state_and_keys(config, required=False).keys_dir
         typer.echo(keystore.public_key_text(target))
