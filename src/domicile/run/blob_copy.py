@@ -13,18 +13,14 @@ name are moved by :mod:`domicile.run.home_blobs` with the same methods.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
-
-import sqlalchemy as sa
 
 from domicile.blobs import BlobLocator, is_url
 from domicile.connectors.objects import ObjectStore
 from domicile.errors import ConfigError, ConflictError, VerificationError
 from domicile.model import Dataset
 from domicile.run.blob_refs import Moving, named_keys
-from domicile.run.journal import batch_rows
 
 if TYPE_CHECKING:
     from domicile.run.context import RunContext
@@ -144,18 +140,7 @@ class BlobMover:
         The batches relied upon have their MACs checked: a forged journal row
         cannot make an object at home look like domicile's own copy.
         """
-        c = batch_rows.c
-        q = sa.select(c.blob, c.batch_id).where(
-            c.dataset == self.ds.name, c.blob.contains(json.dumps(key), autoescape=True)
-        )
-        with self.ctx.journal.engine.connect() as conn:
-            found = conn.execute(q).all()
-        for text, batch_id in found:
-            done = json.loads(text)
-            if (done.get("key"), done.get("home"), done.get("sha256")) == (key, home_name, digest):
-                self.ctx.journal.check_batches([batch_id])
-                return True
-        return False
+        return self.ctx.journal.blob_copied(self.ds.name, key, home_name, digest)
 
     def verify(self, blob: dict[str, Any]) -> None:
         """The object at home must have the SHA-256 of what was copied."""

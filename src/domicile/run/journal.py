@@ -27,12 +27,21 @@ import json
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 
 from domicile.errors import ConfigError
 from domicile.run import hooks
+from domicile.run.journal_pack import (
+    fingerprint,
+    int_keys,
+    pack,
+    packed_of,
+    packed_values,
+    range_holds,
+    unpack,
+)
 from domicile.run.journal_records import (
     ALLOWED,
     SCHEMA_VERSION,
@@ -43,6 +52,7 @@ from domicile.run.journal_records import (
     IllegalTransition,
     JournalTampered,
     RunRecord,
+    add_columns,
     batch_mac,
     batch_rows,
     batches,
@@ -75,17 +85,6 @@ __all__ = [
 ]
 
 
-class _Stored(NamedTuple):
-    """A batch row's stored fields, as :func:`rows_fingerprint` reads them."""
-
-    key: str
-    digest: str
-    targets: str
-    status: str | None
-    home_digest: str | None
-    blob: str | None
-
-
 class Journal:
     """Runs and batches in the state store.
 
@@ -97,8 +96,8 @@ class Journal:
         self.engine = engine
         self._lock = threading.Lock()
         self._mac_key = mac_key
-        # batch id -> fingerprint of its rows as this process last hashed (or wrote) them
-        self._rows_fp: dict[int, bytes] = {}
+        # batch id -> (MAC, source, rows by key text) as read and checked by this process
+        self._index: dict[int, tuple[str, str, dict[str, BatchRow]]] = {}
         with state_errors(engine, "opening the journal"):
             self._prepare_schema()
 
@@ -128,16 +127,7 @@ class Journal:
                 hint="upgrade domicile on this machine, or point state: at another store",
             )
         md.create_all(self.engine)
-        if version < 2:
-            # 1 -> 2: two nullable columns.  Batches of version 1 carry no MAC:
-            # they can be read, never acted on (checked_batch refuses them).
-            with self.engine.begin() as conn:
-                cols = {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}
-                if "depends" not in cols:
-                    conn.execute(sa.text("ALTER TABLE domicile_runs ADD COLUMN depends TEXT"))
-                cols = {c["name"] for c in sa.inspect(conn).get_columns(batches.name)}
-                if "mac" not in cols:
-                    conn.execute(sa.text("ALTER TABLE domicile_batches ADD COLUMN mac VARCHAR(64)"))
+        add_columns(self.engine, version)
         if version != SCHEMA_VERSION or not had_meta:
             with self.engine.begin() as conn:
                 conn.execute(meta.delete().where(meta.c.name == "schema_version"))
@@ -245,8 +235,9 @@ class Journal:
         hi: Sequence[Any],
         rows: Sequence[BatchRow],
     ) -> int:
-        """Record a batch and its rows, in state ``copying`` (before the copy)."""
+        """Record a batch and its rows (one record), in state ``copying`` (before the copy)."""
         key = self._key()
+        packed = pack(rows)
         with self._lock, self._begin("journalling a batch") as conn:
             result = conn.execute(
                 batches.insert().values(
@@ -260,40 +251,13 @@ class Journal:
                     state="copying",
                     rows=len(rows),
                     updated_at=now(),
+                    **packed_values(packed),
                 )
             )
             inserted = result.inserted_primary_key
             assert inserted is not None  # an INSERT of one row always has one
             batch_id = int(inserted[0])
-            if rows:
-                conn.execute(
-                    batch_rows.insert(),
-                    [
-                        {
-                            "batch_id": batch_id,
-                            "key": key_text(r.key),
-                            "digest": r.digest,
-                            "targets": json.dumps(list(r.targets)),
-                            "dataset": dataset,
-                            "home_digest": r.home_digest,
-                            "blob": json.dumps(r.blob) if r.blob is not None else None,
-                        }
-                        for r in rows
-                    ],
-                )
-            # the rows' fingerprint from what was just inserted (the same texts)
-            self._rows_fp[batch_id] = rows_fingerprint(
-                _Stored(
-                    key_text(r.key),
-                    r.digest,
-                    json.dumps(list(r.targets)),
-                    None,
-                    r.home_digest,
-                    json.dumps(r.blob) if r.blob is not None else None,
-                )
-                for r in rows
-            )
-            self._seal(conn, batch_id, key, rows_changed=False)
+            self._seal(conn, batch_id, key)
         hooks.point("copying")
         return batch_id
 
@@ -336,9 +300,8 @@ class Journal:
     def _check(self, conn: sa.Connection, row: Any, key: bytes, *, fresh: bool = False) -> None:
         """Raise :class:`JournalTampered` unless *row*'s MAC matches its fields and rows.
 
-        The batch's own fields are checked every time (cheap); its rows are
-        re-read and re-hashed when this process has not hashed them since its
-        last write, or when *fresh* asks for it (before a delete).
+        The rows are hashed as stored every time (one SHA-256 over the packed
+        record); *fresh* is kept for callers that ask for it explicitly.
         """
         if row.mac is None:
             raise JournalTampered(
@@ -348,9 +311,7 @@ class Journal:
                 hint=f"nothing was changed; abandon the run (domicile run --abandon "
                 f"{row.run_id}) and start a new one",
             )
-        fp = None if fresh else self._rows_fp.get(row.id)
-        if fp is None:
-            fp = self._fingerprint(conn, row.id)
+        fp = self._fingerprint(conn, row)
         if not hmac.compare_digest(row.mac, batch_mac(key, row, fp)):
             raise JournalTampered(
                 f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}, state "
@@ -359,22 +320,58 @@ class Journal:
                 hint="nothing was deleted; find who changed the state store, compare it with "
                 "the audit log (domicile audit verify), then abandon the run",
             )
-        self._rows_fp[row.id] = fp
 
-    def _fingerprint(self, conn: sa.Connection, batch_id: int) -> bytes:
-        rows = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == batch_id)).all()
-        return rows_fingerprint(rows)
+    def _fingerprint(self, conn: sa.Connection, row: Any) -> bytes:
+        packed = packed_of(row)
+        if packed is not None:
+            return fingerprint(packed)
+        legacy = conn.execute(sa.select(batch_rows).where(batch_rows.c.batch_id == row.id)).all()
+        return rows_fingerprint(legacy)
 
-    def _seal(
-        self, conn: sa.Connection, batch_id: int, key: bytes, *, rows_changed: bool = True
-    ) -> None:
-        row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
-        fp = None if rows_changed else self._rows_fp.get(batch_id)
-        if fp is None:
-            fp = self._fingerprint(conn, batch_id)
-        mac = batch_mac(key, row, fp)
+    def _seal(self, conn: sa.Connection, batch_id: int, key: bytes) -> None:
+        row = self._row(conn, batch_id)
+        mac = batch_mac(key, row, self._fingerprint(conn, row))
         conn.execute(batches.update().where(batches.c.id == batch_id).values(mac=mac))
-        self._rows_fp[batch_id] = fp
+
+    def _load_rows(self, conn: sa.Connection, row: Any) -> list[BatchRow]:
+        """The rows of the batch in *row*: packed (schema 3) or one per record (schema 2)."""
+        packed = packed_of(row)
+        if packed is not None:
+            try:
+                return unpack(packed)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise JournalTampered(
+                    f"batch {row.id} of run {row.run_id}: its rows cannot be read ({exc})",
+                    where="the journal",
+                    hint="the journal was edited outside domicile; compare it with the audit "
+                    "log (domicile audit verify), then abandon the run",
+                ) from exc
+        c = batch_rows.c
+        q = sa.select(c.key, c.digest, c.targets, c.status, c.home_digest, c.blob).where(
+            c.batch_id == row.id
+        )
+        return [
+            BatchRow(
+                key_values(k) or (),
+                d,
+                tuple(json.loads(t)),
+                st,
+                hd,
+                json.loads(b) if b else None,
+            )
+            for k, d, t, st, hd, b in conn.execute(q)
+        ]
+
+    def _store_rows(
+        self, conn: sa.Connection, batch_id: int, rows: Sequence[BatchRow], key: bytes
+    ) -> None:
+        """Write a batch's rows (packed; a schema-2 batch becomes packed) and reseal it."""
+        conn.execute(
+            batches.update().where(batches.c.id == batch_id).values(**packed_values(pack(rows)))
+        )
+        conn.execute(batch_rows.delete().where(batch_rows.c.batch_id == batch_id))
+        self._seal(conn, batch_id, key)
+        self._index.pop(batch_id, None)
 
     def tampered(self) -> list[str]:
         """Every batch whose MAC does not match (for ``audit verify``); [] when all do."""
@@ -408,42 +405,29 @@ class Journal:
             return [self._batch(r) for r in conn.execute(q)]
 
     def rows(self, batch_id: int) -> list[BatchRow]:
-        """The rows of a batch as recorded before the copy."""
-        c = batch_rows.c
-        q = sa.select(c.key, c.digest, c.targets, c.status, c.home_digest, c.blob).where(
-            c.batch_id == batch_id
-        )
+        """The rows of a batch as recorded before the copy (with what was learnt since)."""
         with self._connect("reading the journal") as conn:
-            return [
-                BatchRow(
-                    key_values(k) or (),
-                    d,
-                    tuple(json.loads(t)),
-                    st,
-                    hd,
-                    json.loads(b) if b else None,
-                )
-                for k, d, t, st, hd, b in conn.execute(q)
-            ]
+            return self._load_rows(conn, self._row(conn, batch_id))
 
     def update_rows(self, batch_id: int, updates: Sequence[BatchRow]) -> None:
         """Record what a copy learnt about rows: digest at home, blob hash and location."""
         if not updates:
             return
         key = self._key()
+        by_key = {key_text(r.key): r for r in updates}
         with self._lock, self._begin("journalling copied rows") as conn:
-            self._check(conn, self._row(conn, batch_id), key)
-            for r in updates:
-                conn.execute(
-                    batch_rows.update()
-                    .where(batch_rows.c.batch_id == batch_id, batch_rows.c.key == key_text(r.key))
-                    .values(
-                        digest=r.digest,
-                        home_digest=r.home_digest,
-                        blob=json.dumps(r.blob) if r.blob is not None else None,
-                    )
+            row = self._row(conn, batch_id)
+            self._check(conn, row, key)
+            rows = self._load_rows(conn, row)
+            out = []
+            for r in rows:
+                u = by_key.get(key_text(r.key))
+                out.append(
+                    r
+                    if u is None
+                    else r._replace(digest=u.digest, home_digest=u.home_digest, blob=u.blob)
                 )
-            self._seal(conn, batch_id, key)
+            self._store_rows(conn, batch_id, out, key)
 
     def set_row_status(
         self,
@@ -453,22 +437,49 @@ class Journal:
         conn: sa.Connection | None = None,
     ) -> None:
         """Mark rows of a batch (see the ``status`` column)."""
-        texts = [key_text(k) for k in keys]
+        texts = {key_text(k) for k in keys}
         if not texts:
             return
         key = self._key()
         with self._lock, self._begin("journalling row states") as conn:
-            self._check(conn, self._row(conn, batch_id), key)
-            for start in range(0, len(texts), 500):
-                conn.execute(
-                    batch_rows.update()
-                    .where(
-                        batch_rows.c.batch_id == batch_id,
-                        batch_rows.c.key.in_(texts[start : start + 500]),
-                    )
-                    .values(status=status)
-                )
-            self._seal(conn, batch_id, key)
+            row = self._row(conn, batch_id)
+            self._check(conn, row, key)
+            rows = [
+                r._replace(status=status) if key_text(r.key) in texts else r
+                for r in self._load_rows(conn, row)
+            ]
+            self._store_rows(conn, batch_id, rows, key)
+
+    def _dataset_index(
+        self, conn: sa.Connection, dataset: str, key: bytes, wanted: set[str] | None
+    ) -> dict[str, list[tuple[int, str, BatchRow]]]:
+        """Journalled rows of *dataset* by key text: (batch id, source, row).
+
+        Only the keys in *wanted* (every key when None).  A batch is read, and
+        its MAC checked, once per process and again only when its MAC changes;
+        for one-integer keys, a batch whose key range holds none of the wanted
+        keys is not read at all, so a resume that meets rows already at home
+        reads the few batches that can hold them, not the journal's history.
+        """
+        b = batches.c
+        listed = conn.execute(sa.select(b.id, b.mac, b.lo, b.hi).where(b.dataset == dataset)).all()
+        ints = int_keys(wanted)
+        out: dict[str, list[tuple[int, str, BatchRow]]] = {}
+        for batch_id, mac, lo, hi in listed:
+            if ints is not None and not range_holds(ints, lo, hi):
+                continue
+            cached = self._index.get(batch_id)
+            if cached is None or cached[0] != mac:
+                row = self._row(conn, batch_id)
+                self._check(conn, row, key)
+                rows = {key_text(r.key): r for r in self._load_rows(conn, row)}
+                cached = (row.mac, row.source, rows)
+                self._index[batch_id] = cached
+            _, source, by_text = cached
+            texts = by_text.keys() if wanted is None else wanted & by_text.keys()
+            for text in texts:
+                out.setdefault(text, []).append((batch_id, source, by_text[text]))
+        return out
 
     def copies(
         self, dataset: str, target: str, keys: Iterable[Sequence[Any]]
@@ -477,31 +488,38 @@ class Journal:
 
         Tells domicile's own copy at home (and from which source it came)
         from content domicile never wrote there.  Each batch relied upon has
-        its MAC checked: a forged journal row cannot make a foreign row at
+        its MAC checked: a forged journal record cannot make a foreign row at
         home look like domicile's own.
         """
-        texts = [key_text(k) for k in keys]
+        texts = {key_text(k) for k in keys}
         out: dict[str, list[Copy]] = {}
         if not texts:
             return out
         key = self._key()
-        r, b = batch_rows.c, batches.c
         with self._connect("reading the journal") as conn:
-            checked: set[int] = set()
-            for start in range(0, len(texts), 500):
-                q = (
-                    sa.select(r.key, r.digest, r.home_digest, r.targets, r.batch_id, b.source)
-                    .join(batches, b.id == r.batch_id)
-                    .where(r.dataset == dataset, r.key.in_(texts[start : start + 500]))
-                )
-                for k, d, hd, t, batch_id, source in conn.execute(q):
-                    if target not in json.loads(t):
-                        continue
-                    if batch_id not in checked:
-                        self._check(conn, self._row(conn, batch_id), key)
-                        checked.add(batch_id)
-                    out.setdefault(k, []).append(Copy(batch_id, source, d, hd))
+            index = self._dataset_index(conn, dataset, key, texts)
+        for text in texts:
+            for batch_id, source, r in index.get(text, []):
+                if target in r.targets:
+                    out.setdefault(text, []).append(Copy(batch_id, source, r.digest, r.home_digest))
         return out
+
+    def blob_copied(self, dataset: str, object_key: str, home: str, sha256: str) -> bool:
+        """True when a journalled row of *dataset* says domicile copied exactly these bytes
+        of *object_key* to *home* (MACs checked)."""
+        key = self._key()
+        with self._connect("reading the journal") as conn:
+            index = self._dataset_index(conn, dataset, key, None)
+        for entries in index.values():
+            for _, _, r in entries:
+                b = r.blob
+                if b is not None and (b.get("key"), b.get("home"), b.get("sha256")) == (
+                    object_key,
+                    home,
+                    sha256,
+                ):
+                    return True
+        return False
 
     def check_batches(self, batch_ids: Iterable[int]) -> None:
         """Check the MAC of each batch (:class:`JournalTampered` on the first that fails)."""
@@ -551,7 +569,7 @@ class Journal:
                 merged.update(counts)
                 values["counts"] = json.dumps(merged)
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
-            self._seal(conn, batch_id, key, rows_changed=False)
+            self._seal(conn, batch_id, key)
         hooks.point(new_state)
 
     def mark(self, event: str) -> None:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -31,9 +31,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "done": frozenset(),
 }
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first release (no MACs, no run dependencies); 2: batch MACs, the
-map's dependencies per run, the meta table."""
+map's dependencies per run, the meta table; 3: a batch's rows packed into its
+own record (:mod:`domicile.run.journal_pack`) instead of a row per record."""
 
 md = sa.MetaData()
 meta = sa.Table(
@@ -75,8 +76,16 @@ batches = sa.Table(
     sa.Column("failed_in", sa.String(10)),  # copy | delete: where a resume starts again
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("mac", sa.String(64)),  # HMAC of the batch and its rows (see module doc)
+    # schema 3: the batch's rows, packed (see domicile.run.journal_pack); NULL in
+    # batches of schema 2, whose rows are in domicile_batch_rows
+    sa.Column("row_keys", sa.Text),
+    sa.Column("row_digests", sa.LargeBinary),
+    sa.Column("row_targets", sa.Text),
+    sa.Column("row_homes", sa.LargeBinary),
+    sa.Column("row_notes", sa.Text),
     sa.Index("ix_domicile_batches_run", "run_id", "dataset", "source", "pass_no", "seq"),
 )
+# schema 2 kept a row here per record; read for batches of that schema only
 batch_rows = sa.Table(
     "domicile_batch_rows",
     md,
@@ -94,6 +103,36 @@ batch_rows = sa.Table(
     sa.Column("blob", sa.Text),
     sa.Index("ix_domicile_batch_rows_key", "dataset", "key"),
 )
+
+
+def add_columns(engine: sa.Engine, version: int) -> None:
+    """Bring the tables of journal schema *version* up to :data:`SCHEMA_VERSION`'s columns."""
+    if version < 2:
+        # 1 -> 2: two nullable columns.  Batches of version 1 carry no MAC:
+        # they can be read, never acted on (checked_batch refuses them).
+        with engine.begin() as conn:
+            cols = {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}
+            if "depends" not in cols:
+                conn.execute(sa.text("ALTER TABLE domicile_runs ADD COLUMN depends TEXT"))
+            cols = {c["name"] for c in sa.inspect(conn).get_columns(batches.name)}
+            if "mac" not in cols:
+                conn.execute(sa.text("ALTER TABLE domicile_batches ADD COLUMN mac VARCHAR(64)"))
+    if version < 3:
+        # 2 -> 3: the packed rows, nullable.  Batches of schema 2 keep their
+        # rows in domicile_batch_rows (read as before) until a write packs them.
+        with engine.begin() as conn:
+            cols = {c["name"] for c in sa.inspect(conn).get_columns(batches.name)}
+            blob = sa.LargeBinary().compile(dialect=conn.dialect)
+            for name, kind in (
+                ("row_keys", "TEXT"),
+                ("row_digests", blob),
+                ("row_targets", "TEXT"),
+                ("row_homes", blob),
+                ("row_notes", "TEXT"),
+            ):
+                if name not in cols:
+                    add = f"ALTER TABLE domicile_batches ADD COLUMN {name} {kind}"
+                    conn.execute(sa.text(add))
 
 
 def key_text(key: Sequence[Any]) -> str:
@@ -145,8 +184,7 @@ class BatchRecord:
     failed_in: str | None
 
 
-@dataclass(frozen=True)
-class BatchRow:
+class BatchRow(NamedTuple):
     """A row of a batch: its key, its content digest as copied, and its homes."""
 
     key: tuple[Any, ...]
