@@ -11,6 +11,7 @@ store's :class:`Dialect`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,10 @@ class Dialect:
     default_port: ClassVar[int | None] = None
     locks_rows: ClassVar[bool] = True
     """True when ``SELECT ... FOR UPDATE`` locks rows (SQLite locks the database instead)."""
+    key_chunk: ClassVar[int] = 500
+    """Key values per look-up statement: under the engine's parameter limit."""
+    placeholder: ClassVar[str] = "%s"
+    """The driver's parameter marker (positional)."""
 
     def create_engine(
         self,
@@ -62,6 +67,46 @@ class Dialect:
         """``column IN (...)`` in this engine's cheapest form."""
         return column.in_(list(values))
 
+    def bulk_insert(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        names: Sequence[str],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Insert *rows* (values in *names* order) in this engine's fastest way.
+
+        An integrity failure (a parent not at home, a duplicate key) raises
+        :class:`sqlalchemy.exc.IntegrityError` on every engine and leaves the
+        transaction to be rolled back.
+        """
+        if not rows:
+            return
+        dialect = conn.dialect
+        preparer = dialect.identifier_preparer
+        marks = ", ".join([self.placeholder] * len(names))
+        cols = ", ".join(preparer.quote(n) for n in names)
+        target = f"{preparer.format_table(table)} ({cols})"
+        if self.placeholder == "%s":  # the driver formats with %: a % in a name is doubled
+            target = target.replace("%", "%%")
+        sql = f"INSERT INTO {target} VALUES ({marks})"
+        # the column types' own conversions (SQLite's text form of a timestamp),
+        # applied once per value without SQLAlchemy's per-row parameter handling
+        procs: list[tuple[int, Any]] = []
+        for i, n in enumerate(names):
+            proc = table.c[n].type.bind_processor(dialect)
+            if proc is not None:
+                procs.append((i, proc))
+        if procs:
+            out = []
+            for r in rows:
+                values = list(r)
+                for i, p in procs:
+                    values[i] = p(values[i])
+                out.append(tuple(values))
+            rows = out
+        conn.exec_driver_sql(sql, rows)
+
 
 def limits(options: dict[str, Any]) -> tuple[int, int]:
     """(lock timeout, statement timeout) in seconds, from a store's ``options``."""
@@ -76,6 +121,21 @@ class SQLiteDialect(Dialect):
     family = "sqlite"
     file_based = True
     locks_rows = False
+    key_chunk = 20_000  # under the 32,766 host parameters SQLite allows a statement
+    placeholder = "?"
+
+    def column_in(
+        self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
+    ) -> sa.ColumnElement[bool]:
+        """``IN (SELECT value FROM json_each(?))``: one parameter, so the statement is
+        compiled once, not once per list of placeholders.  Only for integer and text
+        keys, which JSON carries unchanged; any other key type gets a plain IN-list."""
+        vals = list(values)
+        if not all(type(v) in (int, str) for v in vals):
+            return column.in_(vals)
+        param = sa.bindparam(name, json.dumps(vals, ensure_ascii=False), type_=sa.Text())
+        each: sa.Select[Any] = sa.select(sa.column("value")).select_from(sa.func.json_each(param))
+        return column.in_(each.scalar_subquery())
 
     def create_engine(
         self,
@@ -123,6 +183,7 @@ class PostgreSQLDialect(Dialect):
 
     family = "postgresql"
     default_port = 5432
+    key_chunk = 20_000  # one array parameter, whatever its length
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
         """Named in ``pg_stat_activity``, and bounded: a lock the application holds
@@ -143,11 +204,48 @@ class PostgreSQLDialect(Dialect):
         param = sa.bindparam(name, list(values), type_=postgresql.ARRAY(column.type))
         return column == sa.any_(param)
 
+    def bulk_insert(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        names: Sequence[str],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """``COPY ... FROM STDIN`` (psycopg 3) in the connection's transaction.
+
+        Values are sent in COPY's text form and parsed by the server into the
+        column types, so enums and domains load like any text.  A value
+        psycopg cannot write in text form (a JSON document as a dict) makes the
+        rows go through :meth:`Dialect.bulk_insert` instead.
+        """
+        if not rows:
+            return
+        import psycopg
+
+        raw = conn.connection.driver_connection
+        if not isinstance(raw, psycopg.Connection) or any(
+            type(v) in (dict, list) for r in rows for v in r
+        ):
+            super().bulk_insert(conn, table, names, rows)
+            return
+        preparer = conn.dialect.identifier_preparer
+        cols = ", ".join(preparer.quote(n) for n in names)
+        sql = f"COPY {preparer.format_table(table)} ({cols}) FROM STDIN"
+        try:
+            with raw.cursor() as cur, cur.copy(sql) as copy:
+                for r in rows:
+                    copy.write_row(r)
+        except psycopg.IntegrityError as exc:
+            raise sa.exc.IntegrityError(sql, None, exc) from exc
+        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
+            raise sa.exc.DBAPIError(sql, None, exc) from exc
+
 
 class MySQLDialect(Dialect):
     """MySQL and MariaDB (PyMySQL): UTC sessions, bounded lock waits and statements."""
 
     family = "mysql"  # MariaDB too: one server speaks both
+    key_chunk = 5000
     default_port = 3306
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:

@@ -64,6 +64,11 @@ def chunks(items: Sequence[Any], size: int = KEY_CHUNK) -> Iterator[Sequence[Any
         yield items[start : start + size]
 
 
+def key_chunk(dialect: str, key: Sequence[str]) -> int:
+    """Keys per look-up statement on this engine, for a key of these columns."""
+    return max(1, dialect_for(dialect).key_chunk // max(1, len(key)))
+
+
 def select_by_keys(
     conn: sa.Connection,
     table: sa.Table,
@@ -71,13 +76,16 @@ def select_by_keys(
     keys: Sequence[Sequence[Any]],
     for_update: bool = False,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The rows with these keys, by key (chunked IN-lists; optionally locked)."""
+    """The rows with these keys, by key (chunked look-ups; optionally locked)."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for chunk in chunks(list(keys)):
-        q = sa.select(table).where(key_in_for(conn.dialect.name, table, key, chunk))
-        if for_update and locks_rows(conn.dialect.name):
+    names = [c.name for c in table.columns]
+    at = [names.index(k) for k in key]
+    dialect = conn.dialect.name
+    lock = for_update and locks_rows(dialect)
+    for chunk in chunks(list(keys), key_chunk(dialect, key)):
+        q = sa.select(table).where(key_in_for(dialect, table, key, chunk))
+        if lock:
             q = q.with_for_update()
-        for row in conn.execute(q).mappings():
-            values = dict(row)
-            found[key_of(values, key)] = values
+        for row in conn.execute(q):
+            found[tuple(row[i] for i in at)] = dict(zip(names, row, strict=True))
     return found

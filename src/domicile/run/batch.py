@@ -35,22 +35,24 @@ from domicile.errors import (
 from domicile.fleet import Location
 from domicile.run import delete_marks
 from domicile.run.conflict import Decision, decide
+from domicile.run.home_write import write_rows
 from domicile.run.journal import BatchRecord, BatchRow, key_text
 from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
     digest_hex,
-    key_columns,
     key_in,
-    key_of,
-    normalize_key,
+    normalize_keys,
+    same_kinds,
+    same_values,
     select_by_keys,
     shared_columns,
-    unused_prefix,
+    storage_columns,
 )
 
 if TYPE_CHECKING:
-    pass
+    from domicile.model import Dataset
+    from domicile.run.context import RunContext
 
 ACTIVE = (None, "kept-home")  # row statuses that still move
 
@@ -62,6 +64,10 @@ def batch_digest(row_digests: Sequence[str]) -> str:
 
 class Mover(RowReader):
     """Moves one dataset's violating rows out of one source store: copy, verify, delete."""
+
+    def __init__(self, ctx: RunContext, dataset: Dataset, source: Location):
+        super().__init__(ctx, dataset, source)
+        self._sent: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
 
     # -- steps by batch id (the journal's current state is read each time) -----------
 
@@ -117,7 +123,7 @@ class Mover(RowReader):
         self, batch: BatchRecord, rows: list[BatchRow]
     ) -> dict[tuple[Any, ...], dict[str, Any]]:
         table = self.source.table
-        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        keys = normalize_keys(table, self.key, [r.key for r in rows])
         with self.source.store.connect(f"re-reading {self.ds.name}") as conn:
             current = select_by_keys(conn, table, self.key, keys)
         keep: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -143,6 +149,10 @@ class Mover(RowReader):
         home = self.ctx.target(self.ds, target, self.source)
         if self.blobs is not None:
             values = self._copy_blobs(batch, target, rows, values)
+        else:
+            # what was sent (rows whose digest is the journalled one: read with it
+            # or re-read and checked against it), for the verify that follows
+            self._sent[(batch.id, target)] = values
         try:
             return self._upsert(batch, home, rows, values, per_row=False)
         except sa.exc.IntegrityError:
@@ -189,43 +199,53 @@ class Mover(RowReader):
         table = home.table
         cols = shared_columns(self.source.table, table)
         names = [c.name for c in cols]
+        convert = [(names.index(c.name), c.type) for c in storage_columns(cols)]
         counts = {"copied": 0, "already": 0, "refreshed": 0, "kept_home": 0, "deferred": 0}
-        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        keys = normalize_keys(table, self.key, [r.key for r in rows])
         by_key = dict(zip(keys, rows, strict=True))
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
         kept: list[BatchRow] = []
         conflicts: list[tuple[Any, ...]] = []
         others: list[tuple[Any, ...]] = []
         source_name = self.source.store.name
+
+        def stored(r: BatchRow) -> tuple[Any, ...]:
+            row = values[r.key]
+            out = [row[n] for n in names]
+            for i, type_ in convert:
+                out[i] = storage_value(out[i], type_)
+            return tuple(out)
+
         with home.store.begin_write(f"copying {self.ds.name} to {home.store.name}") as conn:
             existing = select_by_keys(conn, table, self.key, keys, for_update=True)
-            copies = self.ctx.journal.copies(
-                self.ds.name, home.store.name, [by_key[k].key for k in existing if k in by_key]
-            )
-            types = {c.name: c.type for c in cols}
-            for k, r in by_key.items():
-                row_values = {n: storage_value(values[r.key][n], types[n]) for n in names}
-                at_home = digest_hex(existing[k], cols) if k in existing else None
-                decision = decide(
-                    at_home,
-                    r.digest_at_home,
-                    copies.get(key_text(r.key), []),
-                    source_name,
-                    self.ctx.map.on_conflict,
+            if not existing:  # the common case: nothing of the batch at home yet
+                inserts = [stored(r) for r in rows]
+            else:
+                copies = self.ctx.journal.copies(
+                    self.ds.name, home.store.name, [by_key[k].key for k in existing if k in by_key]
                 )
-                if decision is Decision.INSERT:
-                    inserts.append(row_values)
-                elif decision is Decision.ALREADY:
-                    counts["already"] += 1
-                elif decision in (Decision.REFRESH, Decision.OVERWRITE):
-                    updates.append(row_values)
-                elif decision is Decision.KEEP_HOME:
-                    kept.append(r)
-                elif decision is Decision.CONFLICT_OTHER_SOURCE:
-                    others.append(r.key)
-                else:
-                    conflicts.append(r.key)
+                for k, r in by_key.items():
+                    at_home = digest_hex(existing[k], cols) if k in existing else None
+                    decision = decide(
+                        at_home,
+                        r.digest_at_home,
+                        copies.get(key_text(r.key), []),
+                        source_name,
+                        self.ctx.map.on_conflict,
+                    )
+                    if decision is Decision.INSERT:
+                        inserts.append(stored(r))
+                    elif decision is Decision.ALREADY:
+                        counts["already"] += 1
+                    elif decision in (Decision.REFRESH, Decision.OVERWRITE):
+                        updates.append(stored(r))
+                    elif decision is Decision.KEEP_HOME:
+                        kept.append(r)
+                    elif decision is Decision.CONFLICT_OTHER_SOURCE:
+                        others.append(r.key)
+                    else:
+                        conflicts.append(r.key)
             if others:
                 shown = ", ".join(str(list(k)) for k in others[:5])
                 raise ConflictError(
@@ -250,7 +270,7 @@ class Mover(RowReader):
                 )
             all_rows = [values[r.key] for r in rows]
             copy_references(self.ctx, self.source, home, conn, all_rows)
-            deferred = self._write(conn, table, inserts, updates, per_row)
+            deferred = write_rows(conn, table, self.key, names, inserts, updates, per_row)
             counts["copied"] = len(inserts) - len(deferred)
             counts["refreshed"] = len(updates)
             counts["kept_home"] = len(kept)
@@ -258,72 +278,52 @@ class Mover(RowReader):
         if kept:
             self.ctx.journal.set_row_status(batch.id, [r.key for r in kept], "kept-home")
         if deferred:
-            deferred_keys = {key_of(v, self.key) for v in deferred}
+            at = [names.index(k) for k in self.key]
+            deferred_keys = {tuple(v[i] for i in at) for v in deferred}
             self.ctx.journal.set_row_status(
                 batch.id, [r.key for k, r in by_key.items() if k in deferred_keys], "deferred"
             )
         return counts
 
-    def _write(
-        self,
-        conn: sa.Connection,
-        table: sa.Table,
-        inserts: list[dict[str, Any]],
-        updates: list[dict[str, Any]],
-        per_row: bool,
-    ) -> list[dict[str, Any]]:
-        """Insert and update; with *per_row*, each insert in a savepoint. Returns deferred rows."""
-        deferred: list[dict[str, Any]] = []
-        if inserts and not per_row:
-            conn.execute(table.insert(), inserts)
-        elif inserts:
-            for row in inserts:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(table.insert(), [row])
-                except sa.exc.IntegrityError:
-                    deferred.append(row)
-        if updates:
-            keycols = key_columns(table, self.key)
-            value_names = [n for n in updates[0] if n not in self.key]
-            # parameters named after columns, and key parameters under a
-            # prefix that no column name starts with (a user may have "_k_id")
-            prefix = unused_prefix("_k_", [c.name for c in table.columns])
-            stmt = (
-                table.update()
-                .where(*[c == sa.bindparam(f"{prefix}{i}") for i, c in enumerate(keycols)])
-                .values({n: sa.bindparam(n) for n in value_names})
-            )
-            params = [
-                {
-                    **{n: u[n] for n in value_names},
-                    **{f"{prefix}{i}": u[k] for i, k in enumerate(self.key)},
-                }
-                for u in updates
-            ]
-            conn.execute(stmt, params)
-        return deferred
-
     # -- verify ----------------------------------------------------------------
 
     def verify(self, batch: BatchRecord) -> None:
-        """Read the rows back at each home and compare digests; journal ``verified``."""
+        """Read the rows back at each home and compare digests; journal ``verified``.
+
+        A home row equal, value by value and type by type, to what this
+        process just sent there from a table of the same column kinds has the
+        digest of what was sent, which was checked against the journal when
+        the row was read: no digest is computed for it.  Any other row (a
+        resumed batch, another engine's types, a value that reads back in
+        another form) is digested and compared with the journal.
+        """
         rows = [r for r in self.ctx.journal.rows(batch.id) if r.status in ACTIVE]
         for target in sorted({t for r in rows for t in r.targets}):
             home = self.ctx.target(self.ds, target, self.source)
             part = [r for r in rows if target in r.targets]
-            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            keys = normalize_keys(home.table, self.key, [r.key for r in part])
             with home.store.connect(f"verifying {self.ds.name} at {target}") as conn:
                 found = select_by_keys(conn, home.table, self.key, keys)
             cols = shared_columns(self.source.table, home.table)
+            names = [c.name for c in cols]
+            sent = self._sent.pop((batch.id, target), None)
+            if sent is not None and not same_kinds(self.source.table, home.table):
+                sent = None
             bad = []
             for k, r in zip(keys, part, strict=True):
-                if k not in found:
+                now = found.get(k)
+                if now is None:
                     bad.append((r.key, "missing"))
-                elif r.status is None and digest_hex(found[k], cols) != r.digest_at_home:
-                    bad.append((r.key, "different content"))
-                elif self.blobs is not None and r.blob is not None and r.status is None:
-                    self.blobs.verify(r.blob)
+                    continue
+                if r.status is None:
+                    was = sent.get(r.key) if sent is not None else None
+                    if (was is None or not same_values(now, was, names)) and digest_hex(
+                        now, cols
+                    ) != r.digest_at_home:
+                        bad.append((r.key, "different content"))
+                        continue
+                    if self.blobs is not None and r.blob is not None:
+                        self.blobs.verify(r.blob)
             if bad:
                 detail = ", ".join(f"{list(k)} {why}" for k, why in bad[:5])
                 raise VerificationError(
@@ -354,7 +354,7 @@ class Mover(RowReader):
         moving = [r for r in rows if r.status in ACTIVE]
         known_vanished = {r.key for r in rows if r.status == "vanished"}
         table = self.source.table
-        keys = [normalize_key(table, self.key, r.key) for r in moving]
+        keys = normalize_keys(table, self.key, [r.key for r in moving])
         resumed = batch.state == "deleting"
         mark = delete_marks.token(batch.run_id, batch.id)
         delete_marks.ensure(self.source.store)
@@ -464,7 +464,7 @@ class Mover(RowReader):
             self.source.store, delete_marks.token(batch.run_id, batch.id)
         )
         table = self.source.table
-        keys = [normalize_key(table, self.key, r.key) for r in rows]
+        keys = normalize_keys(table, self.key, [r.key for r in rows])
         with self.source.store.connect(f"reading {self.ds.name}") as conn:
             present = select_by_keys(conn, table, self.key, keys)
         undo = [r for k, r in zip(keys, rows, strict=True) if k in present or not committed]
@@ -491,10 +491,11 @@ class Mover(RowReader):
         for target in sorted({t for r in rows for t in r.targets}):
             home = self.ctx.target(self.ds, target, self.source)
             part = [r for r in rows if target in r.targets]
-            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            keys = normalize_keys(home.table, self.key, [r.key for r in part])
             found = select_by_keys(conns[target], home.table, self.key, keys, for_update=True)
             cols = shared_columns(self.source.table, home.table)
             names = [c.name for c in cols]
+            same = same_kinds(self.source.table, home.table)
             for k, r in zip(keys, part, strict=True):
                 now = found.get(k)
                 if now is None:
@@ -502,8 +503,7 @@ class Mover(RowReader):
                     continue
                 if r.status is not None:
                     continue  # kept-home: home's own version, which only has to be there
-                source_row = at_source[r.key]
-                if all(now[n] == source_row[n] for n in names):
+                if same and same_values(now, at_source[r.key], names):
                     continue
                 if digest_hex(now, cols) != r.digest_at_home:
                     held.discard(r.key)
@@ -547,7 +547,7 @@ class Mover(RowReader):
             if home is None:
                 continue
             part = [r for r in rows if target in r.targets]
-            keys = [normalize_key(home.table, self.key, r.key) for r in part]
+            keys = normalize_keys(home.table, self.key, [r.key for r in part])
             cols = shared_columns(self.source.table, home.table)
             with home.store.begin_write(f"removing {self.ds.name} copies at {target}") as conn:
                 found = select_by_keys(conn, home.table, self.key, keys, for_update=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -29,8 +32,12 @@ __all__ = [
     "key_in_for",
     "key_of",
     "normalize_key",
+    "normalize_keys",
+    "same_kinds",
+    "same_values",
     "select_by_keys",
     "shared_columns",
+    "storage_columns",
     "unused_prefix",
 ]
 
@@ -60,6 +67,67 @@ def normalize_key(table: sa.Table, key: Sequence[str], values: Sequence[Any]) ->
             value = py(value)
         out.append(value)
     return tuple(out)
+
+
+def normalize_keys(
+    table: sa.Table, key: Sequence[str], keys: Iterable[Sequence[Any]]
+) -> list[tuple[Any, ...]]:
+    """:func:`normalize_key` for many keys, with each column's type looked up once."""
+    types: list[type | None] = []
+    for name in key:
+        try:
+            py = table.c[name].type.python_type
+        except NotImplementedError:
+            py = object
+        types.append(py if py in (int, str, float) else None)
+    if len(key) == 1:
+        one = types[0]
+        if one is None:
+            return [(k[0],) for k in keys]
+        return [(k[0],) if k[0] is None or isinstance(k[0], one) else (one(k[0]),) for k in keys]
+    return [
+        tuple(
+            v if p is None or v is None or isinstance(v, p) else p(v)
+            for v, p in zip(k, types, strict=True)
+        )
+        for k in keys
+    ]
+
+
+_SCALARS = frozenset(
+    {int, str, float, bool, bytes, Decimal, dt.datetime, dt.date, dt.time, uuid.UUID, type(None)}
+)
+
+
+def same_values(a: Mapping[str, Any], b: Mapping[str, Any], names: Iterable[str]) -> bool:
+    """True when *a* and *b* hold, for each name, equal scalars of one Python type.
+
+    Used to skip a digest where two rows read from columns of the same kinds
+    are equal: then their digests are equal too.  Strict on purpose: ``1 ==
+    True == 1.0`` in Python, but in an untyped or JSON column their digests
+    differ; containers and unknown types always go to the digest.
+    """
+    for n in names:
+        x, y = a[n], b[n]
+        t = type(x)
+        if t is not type(y) or t not in _SCALARS or x != y:
+            return False
+    return True
+
+
+def same_kinds(source: sa.Table, target: sa.Table) -> bool:
+    """True when every column the two tables share has one digest kind at both ends."""
+    shared = [c for c in source.columns if c.name in target.c]
+    return _encoder(tuple(shared)).kinds == _encoder(tuple(target.c[c.name] for c in shared)).kinds
+
+
+STORAGE_KINDS = frozenset({"datetime", "char32"})
+"""Column kinds whose values :func:`domicile.digest.storage_value` may change."""
+
+
+def storage_columns(columns: Iterable[sa.Column[Any]]) -> list[sa.Column[Any]]:
+    """The columns whose values must pass :func:`domicile.digest.storage_value` at home."""
+    return [c for c in columns if _encoder((c,)).kinds[0] in STORAGE_KINDS]
 
 
 @lru_cache(maxsize=256)
