@@ -64,6 +64,7 @@ from pathlib import Path
 
 import yaml
 
+from domicile.defaults import DEFAULT_BATCH_SIZE
 from move_data import PAIRS, TABLES, Fleet, data_map, fleet, rows_of, tally
 from move_floor import measured, run_floor
 from move_profile import SPY_RATE, show_profile
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=["sqlite", "postgresql", "both"],
         help="the previous version's option: sqlite-sqlite, postgresql-postgresql or both",
     )
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--mariadb-load",

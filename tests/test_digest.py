@@ -388,3 +388,16 @@ def test_fast_encoding_is_byte_equal_to_the_reference(data: st.DataObject) -> No
             enc.encode(row)
         return
     assert enc.encode(row) == reference
+
+
+def test_decimals_beyond_28_digits_keep_every_digit() -> None:
+    """The default decimal context rounds to 28 digits; the digest must not."""
+    t = sa.Numeric(30, 10)
+    a = Decimal("1000000000000000000.0000000001")
+    b = Decimal("1000000000000000000.0000000002")
+    assert encode_value(a, t) != encode_value(b, t)
+    assert encode_value(a, t) == '{"decimal":"1000000000000000000.0000000001"}'
+    assert encode_value(Decimal("12345678901234567890123456789012.500"), sa.Numeric(40, 3)) == (
+        '{"decimal":"12345678901234567890123456789012.5"}'
+    )
+    assert encode_value(Decimal("1E+40"), t) == str(10**40)

@@ -372,3 +372,19 @@ def test_undo_puts_an_unfinished_batch_of_objects_of_rows_at_home_back(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _videos_by_id(path)[video]["us-tx"]["media_key"] == object_url(m.stores["media-us"], key)
     assert key not in object_snapshot(path)["media-sg"]
+
+
+def test_abandon_puts_an_unfinished_batch_of_objects_of_rows_at_home_back(tmp_path):
+    """``run --abandon`` undoes that batch itself: the row names the object abroad again."""
+    path = build_demo(tmp_path / "demo", users=USERS, seed=SEED, media=True)
+    key, video = _upload_abroad(path)
+    objects, before = object_snapshot(path), _videos_by_id(path)[video]["us-tx"]["media_key"]
+    killed = _cli(path, "run", "--batch-size", BATCH, crash="copied:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    run = _journal(path).unfinished()[0]
+    assert _videos_by_id(path)[video]["us-tx"]["media_key"] != before
+    abandoned = _cli(path, "run", "--abandon", run.id)
+    assert abandoned.returncode == 0, abandoned.stdout + abandoned.stderr
+    assert _videos_by_id(path)[video]["us-tx"]["media_key"] == before
+    after = object_snapshot(path)
+    assert after["media-sg"][key] == objects["media-sg"][key] and key not in after["media-us"]

@@ -11,7 +11,7 @@ import yaml
 from domicile.datamap import Located, build_map
 from domicile.errors import ConfigError
 from domicile.model import ForeignKey
-from domicile.plan import build_plan, order_datasets
+from domicile.plan import RATES, build_plan, order_datasets
 from domicile.scan import Cell, Census
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -85,3 +85,17 @@ def test_cycle_between_datasets_is_a_clear_error():
 def test_unknown_jurisdiction_in_scope():
     with pytest.raises(ConfigError, match="jurisdiction 'MX' is not in the map"):
         build_plan(_map(), _census(), FKS, ["MX"])
+
+
+def test_each_move_is_estimated_at_its_engine_pair_rate():
+    text = MAP.replace('"sqlite:///us.db"', '"postgresql://db.example/us"')
+    m = build_map(yaml.safe_load(text), Located(Path("/fleet/domicile.yaml"), {}), env={})
+    plan = build_plan(m, _census(), FKS, ["US", "CA"], batch_size=100)
+    rates = {(mv.source, mv.target): mv.rate for mv in plan.moves}
+    assert rates[("sg", "us")] == RATES[("sqlite", "postgresql")]
+    assert rates[("sg", "ca")] == RATES[("sqlite", "sqlite")]
+    expected = sum(mv.records / mv.rate for mv in plan.moves)
+    assert plan.estimate_seconds == pytest.approx(expected)
+    # an explicit rate applies to every move
+    flat = build_plan(m, _census(), FKS, ["US", "CA"], batch_size=100, rate=100.0)
+    assert flat.estimate_seconds == pytest.approx(flat.records / 100.0)

@@ -86,6 +86,7 @@ names and values are hashed, never the types, which differ by engine.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import json
 import math
@@ -174,8 +175,16 @@ def kind_of(column_type: sa.types.TypeEngine[Any]) -> str:
 
 
 def _canonical_decimal_text(d: Decimal) -> str:
-    """Fixed-point text of a finite decimal without trailing zeros ("1.5", "0")."""
-    d = d.normalize()
+    """Fixed-point text of a finite decimal without trailing zeros ("1.5", "0").
+
+    Normalised in a context as precise as the value itself: the default
+    context's 28 digits would round ``1000000000000000000.0000000001`` and
+    ``...0002`` (a ``NUMERIC(30, 10)``) to one text, and a changed value would
+    pass for unchanged.
+    """
+    if d.is_zero():
+        return "0"  # -0 and 0E-10 are zero
+    d = d.normalize(decimal.Context(prec=max(1, len(d.as_tuple().digits))))
     if d.is_zero():
         return "0"  # -0 and 0E-10 are zero
     return format(d, "f")

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+import sqlalchemy as sa
+
+from domicile.connectors.dialects import dialect_for
 from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import ConfigError
 from domicile.model import DataMap, ForeignKey
@@ -20,9 +23,33 @@ from domicile.placement import home_store
 from domicile.scan import Census
 from domicile.scan_objects import blob_cell_name
 
-# Rows per second assumed for the time estimate: what benchmarks/move.py measured
-# on SQLite -> SQLite on 2 cores (see the README); a run prints its real rate.
-DEFAULT_RATE = 4_000.0
+# Rows per second assumed for the time estimate, per (source engine, home engine):
+# what benchmarks/move.py measured on 2 cores with two thirds of the rows moving
+# (see benchmarks/README.md); a run prints its real rate.
+RATES: dict[tuple[str, str], float] = {
+    ("sqlite", "sqlite"): 7_700.0,
+    ("postgresql", "postgresql"): 7_000.0,
+    ("sqlite", "postgresql"): 6_600.0,
+    ("postgresql", "mysql"): 5_800.0,
+}
+DEFAULT_RATE = 5_000.0
+"""For a pair of engines the benchmark does not measure, and for objects."""
+
+
+def pair_rate(m: DataMap, source: str, target: str) -> float:
+    """The assumed rate of a move from store *source* to store *target*."""
+    a, b = m.stores.get(source), m.stores.get(target)
+    if a is None or b is None or a.kind != "sql" or b.kind != "sql":
+        return DEFAULT_RATE
+    return RATES.get((_family(a.url), _family(b.url)), DEFAULT_RATE)
+
+
+def _family(url: str) -> str:
+    try:
+        backend = sa.make_url(url).get_backend_name()
+    except sa.exc.ArgumentError:
+        return "generic"
+    return dialect_for(backend).family
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,7 @@ class Move:
     jurisdictions: tuple[str, ...]
     records: int
     bytes: int
+    rate: float = DEFAULT_RATE  # rows/s assumed for this pair of engines
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -45,6 +73,7 @@ class Move:
             "jurisdictions": list(self.jurisdictions),
             "records": self.records,
             "bytes": self.bytes,
+            "rate": self.rate,
         }
 
 
@@ -59,7 +88,6 @@ class Plan:
     references: tuple[str, ...]  # reference datasets copied to homes where needed
     blockers: tuple[str, ...] = ()  # problems that stop the run before anything moves
     batch_size: int = DEFAULT_BATCH_SIZE
-    rate: float = DEFAULT_RATE
     conflicts: int = 0
     excepted: int = 0
     notes: tuple[str, ...] = field(default=())
@@ -85,8 +113,14 @@ class Plan:
 
     @property
     def estimate_seconds(self) -> float:
-        """Time estimate at the assumed rate."""
-        return self.records / self.rate if self.rate > 0 else 0.0
+        """Time estimate: each move at the rate assumed for its pair of engines."""
+        return sum(m.records / m.rate for m in self.moves if m.rate > 0)
+
+    @property
+    def rate(self) -> float:
+        """The plan's overall assumed rate (records over the estimate)."""
+        seconds = self.estimate_seconds
+        return self.records / seconds if seconds > 0 else DEFAULT_RATE
 
     def sources(self, dataset: str) -> list[str]:
         """Stores the dataset moves out of, in plan order."""
@@ -165,7 +199,7 @@ def build_plan(
     foreign_keys: Iterable[ForeignKey] = (),
     scope: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    rate: float = DEFAULT_RATE,
+    rate: float | None = None,
 ) -> Plan:
     """The moves that bring the scope's violating records home, in dependency order."""
     juris = resolve_scope(m, scope)
@@ -218,7 +252,7 @@ def build_plan(
     copy_order, delete_order = order_datasets(datasets_order, edges)
     position = {d: i for i, d in enumerate(copy_order)}
     moves = tuple(
-        Move(d, s, t, tuple(v[0]), v[1], v[2])
+        Move(d, s, t, tuple(v[0]), v[1], v[2], rate or pair_rate(m, s, t))
         for (d, s, t), v in sorted(totals.items(), key=lambda kv: (position[kv[0][0]], kv[0][1:]))
     )
     notes = []
@@ -235,7 +269,6 @@ def build_plan(
         references=tuple(references),
         blockers=tuple(dict.fromkeys(blockers)),
         batch_size=batch_size,
-        rate=rate,
         conflicts=conflicts,
         excepted=excepted,
         notes=tuple(notes),

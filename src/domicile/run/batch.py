@@ -40,8 +40,11 @@ from domicile.run.journal import BatchRecord, BatchRow, key_text
 from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
+    chunks,
     digest_hex,
+    key_chunk,
     key_in,
+    key_in_for,
     normalize_keys,
     same_kinds,
     same_values,
@@ -521,9 +524,9 @@ class Mover(RowReader):
         table = self.source.table
         try:
             with conn.begin_nested():
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    conn.execute(table.delete().where(key_in(table, self.key, chunk)))
+                dialect = conn.dialect.name
+                for chunk in chunks(keys, key_chunk(dialect, self.key)):
+                    conn.execute(table.delete().where(key_in_for(dialect, table, self.key, chunk)))
             return set()
         except sa.exc.IntegrityError:
             pass
@@ -557,4 +560,7 @@ class Mover(RowReader):
                     if k in found and digest_hex(found[k], cols) == r.digest_at_home
                 ]
                 if gone:
-                    conn.execute(home.table.delete().where(key_in(home.table, self.key, gone)))
+                    dialect = conn.dialect.name
+                    for chunk in chunks(gone, key_chunk(dialect, self.key)):
+                        where = key_in_for(dialect, home.table, self.key, chunk)
+                        conn.execute(home.table.delete().where(where))

@@ -24,6 +24,7 @@ from domicile.run.audit_events import RunAudit, deployment_key
 from domicile.run.batch import Mover
 from domicile.run.context import Progress, RunContext, RunOptions, preflight
 from domicile.run.depends import changed, depends_of
+from domicile.run.home_blobs import HomeBlobMover
 from domicile.run.journal import Journal, RunRecord
 from domicile.run.lease import acquire as acquire_lease
 from domicile.run.passes import run_pass
@@ -282,12 +283,18 @@ def abandon(m: DataMap, journal: Journal, run_id: str, audit: RunAudit | None = 
             plan = Plan(record.scope, (), (), (), ())
             ctx = RunContext(m, fleet, journal, run_id, plan, RunOptions(), audit, None)
             for batch in journal.batches(run_id):
-                if batch.state == "done" or not m.datasets[batch.dataset].is_sql:
+                ds = m.datasets[batch.dataset]
+                if batch.state == "done" or not ds.is_sql:
+                    continue
+                checked = journal.checked_batch(batch.id, fresh=True)
+                if batch.source in fleet.objects:
+                    # objects abroad of rows already home (domicile.run.home_blobs)
+                    blobs = HomeBlobMover(ctx, ds, fleet.objects[batch.source])
+                    undone += blobs.undo(checked)
                     continue
                 source = fleet.location(batch.dataset, batch.source)
                 if source is not None:
-                    mover = Mover(ctx, m.datasets[batch.dataset], source)
-                    undone += mover.undo(journal.checked_batch(batch.id, fresh=True))
+                    undone += Mover(ctx, ds, source).undo(checked)
         journal.abandon(run_id)
         if audit is not None:
             audit({"type": "run.abandoned", "run": run_id, "home_copies_removed": undone})

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from domicile.connectors.keys import (
     KEY_CHUNK,
     chunks,
+    key_chunk,
     key_columns,
     key_in,
     key_in_for,
@@ -27,6 +28,7 @@ __all__ = [
     "chunks",
     "digest_hex",
     "key_after",
+    "key_chunk",
     "key_columns",
     "key_in",
     "key_in_for",
