@@ -24,6 +24,20 @@ MYSQL = os.environ.get("DOMICILE_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:33
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 BACKENDS = ["sqlite", "postgresql", "mysql"]
+LONG = os.environ.get("DOMICILE_TEST_LONG", "") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Variants marked ``long`` repeat a case another variant covers on a slower
+    path (S3 round trips): they run with DOMICILE_TEST_LONG=1, so CI stays short."""
+    if LONG:
+        return
+    skip = pytest.mark.skip(
+        reason="a longer variant of a case another variant covers: DOMICILE_TEST_LONG=1 runs it"
+    )
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 
 def _unavailable(what: str, exc: BaseException) -> None:

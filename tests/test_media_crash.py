@@ -137,7 +137,7 @@ CRASHES = [
     ("copied", "avatars", 2, "file"),
     ("verified", "avatars", 1, "file"),
     ("deleting", "avatars", 2, "file"),
-    pytest.param("copied", "videos", 1, "s3", marks=pytest.mark.s3),
+    pytest.param("copied", "videos", 1, "s3", marks=[pytest.mark.s3, pytest.mark.long]),
     pytest.param("deleting", "avatars", 1, "s3", marks=pytest.mark.s3),
 ]
 
@@ -220,9 +220,9 @@ def _update_row(path: Path, store: str, video_id: int, caption: str) -> None:
         ("videos", "file", False),
         ("videos", "file", True),  # the row changes too: both move again in the next pass
         ("avatars", "file", False),
-        pytest.param("videos", "s3", False, marks=pytest.mark.s3),
+        pytest.param("videos", "s3", False, marks=[pytest.mark.s3, pytest.mark.long]),
         pytest.param("videos", "s3", True, marks=pytest.mark.s3),
-        pytest.param("avatars", "s3", False, marks=pytest.mark.s3),
+        pytest.param("avatars", "s3", False, marks=[pytest.mark.s3, pytest.mark.long]),
     ],
 )
 def test_object_overwritten_after_its_copy_moves_again(

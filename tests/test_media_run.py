@@ -89,7 +89,13 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(v, marks=pytest.mark.long) if v in ("s3", "urls-local-to-s3") else v
+        for v in VARIANTS
+    ],
+)
 def test_media_moves_home_with_rows(tmp_path, capsys, request, variant):
     where, urls = VARIANTS[variant]
     path = build_demo(tmp_path / "demo", users=60, seed=5, media=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from domicile.datamap import load_map
 from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import ConfigError, DomicileError
-from domicile.fleet import Fleet
+from domicile.fleet import Fleet, path_notes
 from domicile.model import DataMap
 from domicile.state import state_engine
 
@@ -31,6 +31,7 @@ from domicile.state import state_engine
 if TYPE_CHECKING:
     from domicile.plan import Plan
     from domicile.run.executor import Progress, RunOptions, RunResult
+    from domicile.run.home_schema import Prepared
     from domicile.run.journal import BatchRecord, Journal, RunRecord
     from domicile.run.lease import Holder
     from domicile.scan import Census
@@ -47,6 +48,7 @@ __all__ = [
     "journal",
     "load",
     "plan",
+    "prepare",
     "run",
     "scan",
     "status",
@@ -125,6 +127,7 @@ def check(config: MapLike, on_store: Callable[[StoreCheck], None] | None = None)
         fleet.validate()
         fleet.check_unique_keys()
         notes = fleet.check_identities(write_markers=False)
+        notes += path_notes(fleet)
     return CheckResult(m, stores, notes)
 
 
@@ -146,6 +149,27 @@ def plan(
     m = load(config)
     with Fleet(m) as fleet:
         return plan_for(fleet, list(scope) if scope else None, batch_size)
+
+
+DEFAULT_HEADROOM = 100_000
+"""Ids kept free above the sources' largest when ``prepare`` sets a home's sequences."""
+
+
+def prepare(
+    config: MapLike, scope: Sequence[str] | None = None, headroom: int = DEFAULT_HEADROOM
+) -> Prepared:
+    """Create each home's schema before anything moves (see :func:`prepare_homes`).
+
+    Nothing is created when any home would refuse a table: the result's
+    ``blockers`` say why (``plan`` shows the same).
+    """
+    from domicile.plan import resolve_scope
+    from domicile.run.home_schema import prepare_homes
+
+    m = load(config)
+    with Fleet(m) as fleet:
+        fleet.validate()
+        return prepare_homes(fleet, resolve_scope(m, scope), headroom)
 
 
 def run(
@@ -197,6 +221,52 @@ class StatusResult:
     run: RunRecord | None
     batches: list[BatchRecord]
     lease: Holder | None
+
+    def to_json(self) -> dict[str, Any]:
+        """``status --json``: the runs (or the run with its batches) and the lease."""
+
+        def when(value: Any) -> str | None:
+            return value.isoformat(timespec="seconds") if value is not None else None
+
+        def run(r: RunRecord) -> dict[str, Any]:
+            return {
+                "run": r.id,
+                "status": r.status,
+                "scope": list(r.scope),
+                "started": when(r.started_at),
+                "finished": when(r.finished_at),
+                "summary": r.summary,
+            }
+
+        out: dict[str, Any] = {
+            "lease": None
+            if self.lease is None
+            else {
+                "host": self.lease.host,
+                "pid": self.lease.pid,
+                "run": self.lease.run_id,
+                "since": when(self.lease.acquired_at),
+                "heartbeat": when(self.lease.heartbeat_at),
+            }
+        }
+        if self.run is None:
+            out["runs"] = [run(r) for r in self.runs]
+            return out
+        out["run"] = run(self.run)
+        out["batches"] = [
+            {
+                "batch": b.id,
+                "dataset": b.dataset,
+                "source": b.source,
+                "pass": b.pass_no,
+                "state": b.state,
+                "rows": b.rows,
+                "counts": dict(b.counts),
+                "error": b.error,
+            }
+            for b in self.batches
+        ]
+        return out
 
 
 def status(config: MapLike, run_id: str | None = None) -> StatusResult:

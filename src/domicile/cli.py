@@ -149,6 +149,35 @@ def plan(
 
 
 @app.command()
+def prepare(
+    config: Path = ConfigOpt,
+    jurisdiction: list[str] | None = JurisOpt,
+    headroom: int = typer.Option(
+        100_000, "--headroom", min=0, help="Ids kept free above the sources' largest."
+    ),
+) -> None:
+    """Create the home schema before anything moves: tables, types, sequences past the sources."""
+    from rich.markup import escape
+
+    from domicile import api
+
+    result = api.prepare(config, jurisdiction, headroom)
+    console = _console()
+    for blocker in result.blockers:
+        console.print(f"[bold red]blocker:[/] {escape(blocker)}")
+    if result.blockers:
+        console.print("nothing was created")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    for store, tables in sorted(result.created.items()):
+        console.print(f"{store}: created {', '.join(tables)}")
+    for store, sequences in sorted(result.sequences.items()):
+        for table, value in sorted(sequences.items()):
+            console.print(f"{store}: {table} generates ids from {value:,}")
+    if not result.created and not any(result.sequences.values()):
+        console.print("every home already has its schema")
+
+
+@app.command()
 def run(
     config: Path = ConfigOpt,
     jurisdiction: list[str] | None = JurisOpt,
@@ -256,12 +285,20 @@ def _execute(
 
 
 @app.command()
-def status(run_id: str | None = typer.Argument(None), config: Path = ConfigOpt) -> None:
+def status(
+    run_id: str | None = typer.Argument(None),
+    config: Path = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the runs and batches as JSON."),
+) -> None:
     """Where runs stand: every run, or one run's batches by dataset and state."""
     from domicile import api
     from domicile.render import print_status
 
-    print_status(_console(), api.status(config, run_id))
+    result = api.status(config, run_id)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+        return
+    print_status(_console(), result)
 
 
 @app.command()

@@ -209,6 +209,32 @@ def parse_owner(text: str, where: str) -> Owner:
     return Owner(column=parts[0], hops=tuple(hops))
 
 
+def _subjects(
+    dataset: str, id_text: str, country_text: str, datasets: Mapping[str, Dataset], loc: Located
+) -> Subjects:
+    """The directory: its id and country as columns or owner paths.
+
+    Every table a path goes through must be a declared dataset: its rows then
+    reach the homes with the subjects (a reference dataset is copied, a
+    personal one moves), so the directory still resolves there after a move.
+    """
+    paths = {}
+    for name, text in (("id", id_text), ("country", country_text)):
+        where = loc.at("subjects", name)
+        owner = parse_owner(text, where)
+        tables = {d.table: d for d in datasets.values() if d.table is not None}
+        for hop in owner.hops:
+            if hop.table not in tables:
+                raise ConfigError(
+                    f"subjects.{name} goes through table '{hop.table}', which no dataset declares",
+                    where=where,
+                    hint=f"declare it (for a shared catalogue: {hop.table}: {{table: "
+                    f"{hop.table}, reference: true}}) so that homes get the rows the path needs",
+                )
+        paths[name] = owner if owner.hops else None
+    return Subjects(dataset, id_text, country_text, paths["id"], paths["country"])
+
+
 def _state(raw: str, loc: Located, base: Path, env: Mapping[str, str]) -> str:
     """The state store URL (journal, lease, audit log), expanded and checked."""
     where = loc.at("state")
@@ -538,13 +564,14 @@ def build_map(data: Any, loc: Located, env: Mapping[str, str] | None = None) -> 
         raise ConfigError(
             "the subjects directory must be a table dataset", where=loc.at("subjects", "dataset")
         )
+    subjects = _subjects(sub.dataset, sub.id, sub.country, datasets, loc)
     waivers = [_waiver(i, e, loc, datasets, jurisdictions) for i, e in enumerate(cfg.exceptions)]
     return DataMap(
         path=loc.path,
         version=cfg.version,
         state=_state(cfg.state, loc, base, env),
         stores=stores,
-        subjects=Subjects(sub.dataset, sub.id, sub.country),
+        subjects=subjects,
         jurisdictions=jurisdictions,
         datasets=datasets,
         exceptions=tuple(waivers),

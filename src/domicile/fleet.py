@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,7 +20,7 @@ from domicile.connectors.objects import ObjectStore
 from domicile.connectors.sql import SqlStore
 from domicile.datamap import locate
 from domicile.errors import ConfigError, DomicileError, PermanentConnectorError
-from domicile.model import DataMap, Dataset, ForeignKey
+from domicile.model import DataMap, Dataset, ForeignKey, Owner
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,13 @@ class Fleet:
                 return loc
         return None
 
+    def subject_id_column(self) -> sa.Column[Any]:
+        """The column whose type subject ids have (in the first store with the directory)."""
+        from domicile.directory_sql import id_type_column
+
+        loc = self.locations(self.map.subjects.dataset)[0]
+        return id_type_column(loc.store, loc.table, self.map.subjects)
+
     def validate(self) -> None:
         """Resolve every SQL dataset (raises on the first problem)."""
         for ds in self.map.datasets.values():
@@ -148,8 +156,17 @@ class Fleet:
 
     def _check_columns(self, ds: Dataset, store: SqlStore) -> Location:
         assert ds.table is not None
-        table = store.table(ds.table)
         m = self.map
+        if not ds.reference and store.is_view(ds.table):
+            # a view's rows cannot be inserted at home nor deleted at the source
+            raise ConfigError(
+                f"dataset '{ds.name}': '{ds.table}' in store {store.name} is a view, "
+                "which domicile cannot move",
+                where=locate(m, "datasets", ds.name, "table"),
+                hint="declare the view's base table as the dataset (a view may be the "
+                "directory's source only as a reference dataset: reference: true)",
+            )
+        table = store.table(ds.table)
         if ds.key:
             key = ds.key
             for col in key:
@@ -169,22 +186,7 @@ class Fleet:
         field = "owners" if len(ds.owners) > 1 else "owner"
         for owner in ds.owners:
             owner_where = locate(m, "datasets", ds.name, field)
-            if owner.column not in table.c:
-                raise _missing_column(owner.column, table, store.name, owner_where, "owner column")
-            for hop in owner.hops:
-                if not store.has_table(hop.table):
-                    raise ConfigError(
-                        f"owner path '{owner.text}' goes through table '{hop.table}', "
-                        f"which store {store.name} does not have",
-                        where=owner_where,
-                        hint="fix the path, or narrow the dataset's stores: to those that have it",
-                    )
-                hop_table = store.table(hop.table)
-                for col in (hop.match, hop.read):
-                    if col not in hop_table.c:
-                        raise _missing_column(
-                            col, hop_table, store.name, owner_where, "owner path column"
-                        )
+            self._check_path(owner, table, store, owner_where, "owner")
         if ds.blobs and ds.blobs.column not in table.c:
             raise _missing_column(
                 ds.blobs.column,
@@ -205,12 +207,29 @@ class Fleet:
                             "exception filter",
                         )
         if ds.name == m.subjects.dataset:
-            for col, key_name in ((m.subjects.id, "id"), (m.subjects.country, "country")):
-                if col not in table.c:
-                    raise _missing_column(
-                        col, table, store.name, locate(m, "subjects", key_name), "directory column"
-                    )
+            sub = m.subjects
+            for path, key_name in ((sub.id_owner, "id"), (sub.country_owner, "country")):
+                self._check_path(path, table, store, locate(m, "subjects", key_name), "directory")
         return Location(store, table, key)
+
+    def _check_path(
+        self, owner: Owner, table: sa.Table, store: SqlStore, where: str, what: str
+    ) -> None:
+        """Every table and column of an owner path exists in *store*."""
+        if owner.column not in table.c:
+            raise _missing_column(owner.column, table, store.name, where, f"{what} column")
+        for hop in owner.hops:
+            if not store.has_table(hop.table):
+                raise ConfigError(
+                    f"{what} path '{owner.text}' goes through table '{hop.table}', "
+                    f"which store {store.name} does not have",
+                    where=where,
+                    hint="fix the path, or narrow the dataset's stores: to those that have it",
+                )
+            hop_table = store.table(hop.table)
+            for col in (hop.match, hop.read):
+                if col not in hop_table.c:
+                    raise _missing_column(col, hop_table, store.name, where, f"{what} path column")
 
     def check_identities(self, *, write_markers: bool) -> list[str]:
         """Refuse two store names for one place, or a store inside another; returns warnings.
@@ -266,3 +285,36 @@ class Fleet:
                         )
                     )
         return out
+
+
+def paths_unique(loc: Location, ds: Dataset) -> bool:
+    """True when every hop of every owner path matches at most one row in *loc*'s store.
+
+    Proved from the schema (a primary key or unique index on the hop's match
+    column); when it cannot be, one record may join several owners.
+    """
+    return not non_unique_hops(loc, ds)
+
+
+def non_unique_hops(loc: Location, ds: Dataset) -> list[str]:
+    """``table.column`` of each owner-path hop no key or unique index makes unique."""
+    out = []
+    for owner in ds.owners:
+        for hop in owner.hops:
+            table = loc.store.table(hop.table)
+            if not loc.store.is_unique(table, (hop.match,)):
+                out.append(f"{hop.table}.{hop.match}")
+    return out
+
+
+def path_notes(fleet: Fleet) -> list[str]:
+    """A note for each personal dataset whose owner path the schema cannot prove unique."""
+    return [
+        f"{ds.name} in {loc.store.name}: the owner path goes through {', '.join(hops)}, "
+        "which no key or unique index makes unique: a record may have several owners "
+        f"(multi_owner: {ds.multi_owner} decides)"
+        for ds in fleet.map.datasets.values()
+        if ds.is_sql and not ds.reference and any(o.hops for o in ds.owners)
+        for loc in fleet.locations(ds.name)
+        if (hops := non_unique_hops(loc, ds))
+    ]

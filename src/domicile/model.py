@@ -136,11 +136,41 @@ class Waiver:
 
 @dataclass(frozen=True)
 class Subjects:
-    """Where each subject's jurisdiction is read: the directory."""
+    """Where each subject's jurisdiction is read: the directory.
+
+    ``id`` and ``country`` are the map's texts: a column of the directory's
+    table, or an owner path from it (``address_id -> address.address_id ->
+    city_id -> city.city_id -> country_id -> country.country_id -> country``)
+    joined inside the store that holds the directory.
+    """
 
     dataset: str
     id: str
     country: str
+    id_path: Owner | None = None  # parsed ``id``; None: the plain column ``id``
+    country_path: Owner | None = None  # parsed ``country``
+
+    @property
+    def id_owner(self) -> Owner:
+        """``id`` as a path (no hops for a plain column)."""
+        return self.id_path or Owner(self.id)
+
+    @property
+    def country_owner(self) -> Owner:
+        """``country`` as a path (no hops for a plain column)."""
+        return self.country_path or Owner(self.country)
+
+    @property
+    def id_column(self) -> str | None:
+        """The directory column that holds subject ids, when ``id`` is not a path."""
+        return None if self.id_owner.hops else self.id_owner.column
+
+    def path_tables(self) -> list[str]:
+        """Tables the id and country paths go through, in path order."""
+        out: list[str] = []
+        for owner in (self.id_owner, self.country_owner):
+            out += [h.table for h in owner.hops if h.table not in out]
+        return out
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ class Plan:
     # violating: where the run looks for objects of rows that do not move
     # themselves (:mod:`domicile.run.home_blobs`)
     blob_sources: tuple[tuple[str, str], ...] = ()
+    # (home store, statements): what the run would create there before any row moves
+    ddl: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def records(self) -> int:
@@ -147,6 +149,7 @@ class Plan:
             "conflicts_left_in_place": self.conflicts,
             "excepted_left_in_place": self.excepted,
             "notes": list(self.notes),
+            **({"ddl": {store: list(stmts) for store, stmts in self.ddl}} if self.ddl else {}),
         }
 
 

@@ -243,6 +243,10 @@ def print_plan(console: Console, m: DataMap, plan: Plan) -> None:
         console.print(f"reference data copied where needed: {', '.join(plan.references)}")
     for note in plan.notes:
         console.print(f"note: {note}")
+    for store, statements in plan.ddl:
+        console.print(f"at home store {store}, before any row moves:")
+        for statement in statements:
+            console.print("  " + escape(" ".join(statement.split())) + ";", soft_wrap=True)
     for blocker in plan.blockers:
         console.print(f"[bold red]blocker:[/] {blocker}")
 

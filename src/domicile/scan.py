@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from domicile.connectors.keys import column_in
 from domicile.countries import normalize_country
-from domicile.fleet import Fleet, Location
+from domicile.directory_sql import directory_rows, join_directory, own_country
+from domicile.fleet import Fleet, Location, paths_unique
 from domicile.model import UNRESTRICTED, DataMap, Dataset, Waiver
 from domicile.placement import ORPHAN, UNKNOWN, Verdict, classify
 
@@ -30,6 +31,7 @@ _ZERO = sa.literal_column("0", sa.Integer)
 _ONE = sa.literal_column("1", sa.Integer)
 
 CHUNK = 1000  # ids per IN-list when resolving owners across stores
+PAGE = 5000  # joined rows per fetch when counting record by record
 SAMPLE_ROWS = 200  # rows read to estimate the average record size
 
 
@@ -205,7 +207,8 @@ def _is_self_directory(m: DataMap, ds: Dataset, directory: Location | None) -> b
         and ds.name == sub.dataset
         and len(ds.owners) == 1
         and not ds.owners[0].hops
-        and ds.owners[0].column == sub.id
+        and sub.id_column is not None
+        and ds.owners[0].column == sub.id_column
     )
 
 
@@ -223,17 +226,18 @@ def annotate(
     self_directory = _is_self_directory(m, ds, directory)
     for k, expr in enumerate(exprs):
         if self_directory:
+            from_, country = own_country(loc.store, loc.table, sub, from_)
             cols += [
-                loc.table.c[sub.country].label(f"_dm_c{k}"),
+                country.label(f"_dm_c{k}"),
                 sa.null().label(f"_dm_u{k}"),
                 _ONE.label(f"_dm_f{k}"),
             ]
         elif directory is not None:
-            d = directory.table.alias()
-            from_ = from_.outerjoin(d, d.c[sub.id] == expr)
-            missing = d.c[sub.id].is_(None)
+            joined = join_directory(loc.store, directory.table, sub, from_, expr)
+            from_ = joined.from_
+            missing = joined.id.is_(None)
             cols += [
-                d.c[sub.country].label(f"_dm_c{k}"),
+                joined.country.label(f"_dm_c{k}"),
                 sa.case((missing, expr), else_=sa.null()).label(f"_dm_u{k}"),
                 sa.case((missing, _ZERO), else_=_ONE).label(f"_dm_f{k}"),
             ]
@@ -319,8 +323,9 @@ def _row_bytes(row: Sequence[Any]) -> int:
 
 def average_record_bytes(loc: Location) -> float:
     """Average size of a record, estimated from a small sample of rows."""
+    table = loc.store.stored_table(loc.table.name)  # as stored: nothing to parse
     with loc.store.connect(f"sampling {loc.table.name}") as conn:
-        rows = conn.execute(sa.select(loc.table).limit(SAMPLE_ROWS)).all()
+        rows = conn.execute(sa.select(table).limit(SAMPLE_ROWS)).all()
     if not rows:
         return 0.0
     return sum(_row_bytes(r) for r in rows) / len(rows)
@@ -352,13 +357,13 @@ class Directory:
             if loc.store.name == searched:
                 continue
             pending = sorted(wanted, key=str)
-            id_col = loc.table.c[sub.id]
+            rows = directory_rows(loc.store, loc.table, sub)
             for start in range(0, len(pending), CHUNK):
                 chunk = pending[start : start + CHUNK]
                 # one array parameter on PostgreSQL: a 1000-parameter IN list
                 # costs ~5x more to bind, send and plan there
-                match = column_in(loc.store.dialect, id_col, chunk, name="ids")
-                q = sa.select(id_col, loc.table.c[sub.country]).where(match)
+                match = column_in(loc.store.dialect, rows.id, chunk, name="ids")
+                q = sa.select(rows.id, rows.country).select_from(rows.from_).where(match)
                 with loc.store.connect("reading the subjects directory") as conn:
                     for sid, country in conn.execute(q):
                         self.cache.setdefault(sid, country)
@@ -376,8 +381,10 @@ class Directory:
 def _count_unknown_countries(fleet: Fleet, census: Census) -> None:
     sub = fleet.map.subjects
     for loc in fleet.locations(sub.dataset):
-        col = loc.table.c[sub.country]
-        q = sa.select(col, sa.func.count()).group_by(col)
+        rows = directory_rows(loc.store, loc.table, sub)
+        col = rows.country.label("_dm_country")
+        inner = sa.select(col).select_from(rows.from_).subquery("d")
+        q = sa.select(inner.c._dm_country, sa.func.count()).group_by(inner.c._dm_country)
         with loc.store.connect("counting directory countries") as conn:
             for raw, n in conn.execute(q):
                 if normalize_country(raw) is None:
@@ -401,6 +408,7 @@ def scan(
     census.waivers = list(uses.values())
     directory = Directory(fleet)
     names = list(datasets) if datasets is not None else list(m.datasets)
+    counted = False  # unknown directory countries counted on the way
     from domicile.blobs import BlobLocator
     from domicile.scan_objects import scan_blobs, scan_object_dataset
 
@@ -416,10 +424,10 @@ def scan(
         for loc in fleet.locations(name):
             if progress:
                 progress(f"{name} in {loc.store.name}")
-            _scan_location(fleet, census, directory, uses, ds, loc, today)
+            counted |= _scan_location(fleet, census, directory, uses, ds, loc, today)
             if locator is not None:
                 scan_blobs(fleet, census, directory, ds, loc, today, locator=locator)
-    if m.subjects.dataset not in names:
+    if not counted:  # the directory was not counted by its own census query
         _count_unknown_countries(fleet, census)
     return census
 
@@ -432,10 +440,14 @@ def _scan_location(
     ds: Dataset,
     loc: Location,
     today: dt.date,
-) -> None:
+) -> bool:
+    """Count *ds* in *loc*; True when this counted the directory's unknown countries."""
     m = fleet.map
     store = m.stores[loc.store.name]
     local_dir = fleet.location(m.subjects.dataset, loc.store.name)
+    if not paths_unique(loc, ds):
+        _scan_by_record(fleet, census, directory, uses, ds, loc, local_dir, today)
+        return False
     gq = census_query(m, loc, ds, local_dir)
     with loc.store.connect(f"counting {ds.name}") as conn:
         groups = conn.execute(sa.select(gq.from_)).mappings().all()
@@ -459,6 +471,61 @@ def _scan_location(
             verdicts[key] = classify(m, store, ds, countries, flags, today)
         n = int(g["n"])
         add(census, uses, verdicts[key], loc.store.name, ds.name, n, round(n * avg))
+    return self_directory
+
+
+def _scan_by_record(
+    fleet: Fleet,
+    census: Census,
+    directory: Directory,
+    uses: dict[int, WaiverUse],
+    ds: Dataset,
+    loc: Location,
+    local_dir: Location | None,
+    today: dt.date,
+) -> None:
+    """The census of a dataset whose owner paths may join one record to several owners.
+
+    The joined rows are streamed in key order and each record's owners
+    gathered before its verdict: a record counts once, with every owner.
+    """
+    m = fleet.map
+    store = m.stores[loc.store.name]
+    a = annotate(m, loc, ds, local_dir)
+    keys = [loc.table.c[k] for k in loc.key]
+    q = (
+        sa.select(*(c.label(f"_dm_k{i}") for i, c in enumerate(keys)), *a.columns)
+        .select_from(a.from_)
+        .order_by(*keys)
+    )
+    avg = average_record_bytes(loc)
+    verdicts: dict[tuple[Any, ...], Verdict] = {}
+    width = len(keys)
+
+    def count(rows: list[Any]) -> None:
+        countries: list[str] = []
+        for r in rows:
+            countries += owner_countries(r, a.owners, directory)
+        countries = list(dict.fromkeys(countries))
+        flags = matched_waivers(rows[0], a.waivers)
+        vkey = (*countries, flags)
+        if vkey not in verdicts:
+            verdicts[vkey] = classify(m, store, ds, countries, flags, today)
+        add(census, uses, verdicts[vkey], loc.store.name, ds.name, 1, round(avg))
+
+    pending: list[Any] = []
+    with loc.store.connect(f"counting {ds.name} by record") as conn:
+        result = conn.execution_options(yield_per=PAGE).execute(q).mappings()
+        for part in result.partitions(PAGE):
+            directory.resolve(r[f"_dm_u{k}"] for r in part for k in range(a.owners))
+            for r in part:
+                key = tuple(r[f"_dm_k{i}"] for i in range(width))
+                if pending and tuple(pending[0][f"_dm_k{i}"] for i in range(width)) != key:
+                    count(pending)
+                    pending = []
+                pending.append(r)
+    if pending:
+        count(pending)
 
 
 def add(

@@ -53,7 +53,7 @@ def scan_object_dataset(
     assert ds.objects is not None
     m = fleet.map
     glob, rx = owner_pattern(ds.objects)
-    id_col = fleet.locations(m.subjects.dataset)[0].table.c[m.subjects.id]
+    id_col = fleet.subject_id_column()
     flags = unconditional_waivers(fleet, ds)
     for store in fleet.object_stores_for(ds):
         groups: dict[Any, list[int]] = defaultdict(lambda: [0, 0])

@@ -39,6 +39,14 @@ class Dialect:
     """Key values per look-up statement: under the engine's parameter limit."""
     placeholder: ClassVar[str] = "%s"
     """The driver's parameter marker (positional)."""
+    moves_stored_form: ClassVar[bool] = False
+    """True when rows between two stores of this family move in their stored form
+    where a typed round trip would rewrite them (see :meth:`stored_type`)."""
+
+    def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
+        """The type *column* is read and written with between two stores of this family,
+        so that its values keep their stored form; None: its own type keeps them."""
+        return None
 
     def create_engine(
         self,
@@ -121,8 +129,16 @@ class SQLiteDialect(Dialect):
     family = "sqlite"
     file_based = True
     locks_rows = False
+    moves_stored_form = True
     key_chunk = 20_000  # under the 32,766 host parameters SQLite allows a statement
     placeholder = "?"
+
+    def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
+        """Untyped, every column: SQLite keeps each value as it was stored (a text
+        timestamp, a decimal stored as an integer, a JSON text with its spacing),
+        and the types' conversions would rewrite them (``2006-02-15 04:45:30`` as
+        ``2006-02-15 04:45:30.000000``)."""
+        return sa.types.NullType()
 
     def column_in(
         self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
@@ -184,6 +200,24 @@ class PostgreSQLDialect(Dialect):
     family = "postgresql"
     default_port = 5432
     key_chunk = 20_000  # one array parameter, whatever its length
+    moves_stored_form = True
+
+    def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
+        """Text, for the types whose Python form is not exact: an ``interval`` of
+        ``1 mon`` reads as 30 days (and would be written back as ``30 days``), a
+        ``json`` document loses its spacing and key order.  Read as their text
+        form and written back from it, they reach a PostgreSQL home unchanged."""
+        t = column.type
+        while isinstance(t, sa.types.TypeDecorator):
+            t = t.impl_instance
+        if isinstance(t, sa.Interval | postgresql.INTERVAL) or (
+            isinstance(t, sa.JSON) and not isinstance(t, postgresql.JSONB)
+        ):
+            return AsText(column.type)
+        if isinstance(t, sa.DateTime | sa.Date) and not _keyed(column):
+            # ``infinity`` has no Python form; the text keeps it (sessions are in UTC)
+            return AsText(column.type)
+        return None
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
         """Named in ``pg_stat_activity``, and bounded: a lock the application holds
@@ -192,7 +226,9 @@ class PostgreSQLDialect(Dialect):
         return {
             "connect_timeout": connect_timeout,
             "application_name": APPLICATION_NAME,
-            "options": f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}",
+            # one text form for every value at every store: UTC, ISO dates, default intervals
+            "options": f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}"
+            " -c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres",
         }
 
     def column_in(
@@ -272,6 +308,11 @@ class MySQLDialect(Dialect):
             cur = dbapi_conn.cursor()
             # TIMESTAMP columns are read in the session's zone: make it UTC
             cur.execute("SET time_zone = '+00:00'")
+            # a copied id 0 is kept as 0, not replaced by the next AUTO_INCREMENT value
+            cur.execute(
+                "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+                "'NO_AUTO_VALUE_ON_ZERO')"
+            )
             cur.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_s)}")
             # MariaDB's statement limit, in seconds (MySQL names it max_execution_time, in ms)
             if "mariadb" in str(getattr(dbapi_conn, "server_version", "") or "").lower():
@@ -289,6 +330,35 @@ _BY_BACKEND: dict[str, Dialect] = {
     "mysql": MySQLDialect(),
     "mariadb": MySQLDialect(),
 }
+
+
+def _keyed(column: sa.Column[Any]) -> bool:
+    """True when *column* is in a key, a unique index or a foreign key (compared by value)."""
+    table = column.table
+    if column.primary_key or column.foreign_keys:
+        return True
+    for c in table.constraints:
+        if isinstance(c, sa.UniqueConstraint) and column.name in c.columns:
+            return True
+    return any(ix.unique and column.name in ix.columns for ix in table.indexes)
+
+
+class AsText(sa.types.TypeDecorator[str]):
+    """A column read as its text form (``CAST(col AS TEXT)``) and written from it
+    (``CAST(:value AS <its type>)``; COPY parses the text itself)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def __init__(self, original: sa.types.TypeEngine[Any]):
+        super().__init__()
+        self.original = original
+
+    def column_expression(self, colexpr: Any) -> Any:
+        return sa.cast(sa.type_coerce(colexpr, self.original), sa.Text)
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.cast(bindvalue, self.original)
 
 
 def dialect_for(backend: str) -> Dialect:

@@ -112,6 +112,9 @@ class SqlStore:
         self._engine: sa.Engine | None = None
         self._tables: dict[str, sa.Table] = {}
         self._metadata = sa.MetaData()
+        self._stored: dict[str, sa.Table] = {}
+        self._views: set[str] | None = None
+        self._stored_metadata = sa.MetaData()
         self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------
@@ -150,6 +153,13 @@ class SqlStore:
         """Every table in the store's default schema."""
         with translate(self.store, "listing tables"):
             return sa.inspect(self.engine).get_table_names()
+
+    def is_view(self, name: str) -> bool:
+        """True when *name* is a view in the store's default schema (listed once)."""
+        if self._views is None:
+            with translate(self.store, f"looking for view {name}"):
+                self._views = set(sa.inspect(self.engine).get_view_names())
+        return name in self._views
 
     def has_table(self, name: str) -> bool:
         """True when the store has table *name*."""
@@ -197,12 +207,43 @@ class SqlStore:
                     return True
         return False
 
+    def stored_table(self, name: str) -> sa.Table:
+        """Table *name* with the types its values keep their stored form by.
+
+        A copy of the reflected table (keys, constraints and the tables its
+        foreign keys refer to, likewise) whose columns have the engine's
+        :meth:`~domicile.connectors.dialects.Dialect.stored_type`, so a row
+        read from it and written to another store's :meth:`stored_table` of
+        the same engine keeps each value exactly as it was stored.
+        """
+        typed = self.table(name)
+        with self._lock:
+            if name not in self._stored:
+                todo = [typed]
+                while todo:
+                    t = todo.pop()
+                    if t.name in self._stored:
+                        continue
+                    copy = t.to_metadata(self._stored_metadata)
+                    for column in copy.columns:
+                        stored = self.behaviour.stored_type(t.c[column.name])
+                        if stored is not None:
+                            column.type = stored
+                            column._reset_memoizations()
+                    self._stored[t.name] = copy
+                    todo += [fk.referred_table for fk in t.foreign_key_constraints]
+            return self._stored[name]
+
     def forget(self, name: str) -> None:
         """Drop a cached reflection (after creating or altering a table)."""
         with self._lock:
+            self._views = None
             table = self._tables.pop(name, None)
             if table is not None:
                 self._metadata.remove(table)
+            if name in self._stored_metadata.tables:  # fresh untyped copies on next use
+                self._stored_metadata = sa.MetaData()
+                self._stored.clear()
 
     @contextmanager
     def connect(self, doing: str) -> Iterator[sa.Connection]:

@@ -37,6 +37,7 @@ from domicile.run import delete_marks
 from domicile.run.conflict import Decision, decide
 from domicile.run.home_write import write_rows
 from domicile.run.journal import BatchRecord, BatchRow, key_text
+from domicile.run.pins import Child, cascading_children, pinned_by_children
 from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
@@ -71,6 +72,7 @@ class Mover(RowReader):
     def __init__(self, ctx: RunContext, dataset: Dataset, source: Location):
         super().__init__(ctx, dataset, source)
         self._sent: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
+        self._children: list[Child] | None = None  # cascading keys that refer to the table
 
     # -- steps by batch id (the journal's current state is read each time) -----------
 
@@ -149,7 +151,7 @@ class Mover(RowReader):
         rows: list[BatchRow],
         values: dict[tuple[Any, ...], dict[str, Any]],
     ) -> dict[str, int]:
-        home = self.ctx.target(self.ds, target, self.source)
+        home = self.home(target)
         if self.blobs is not None:
             values = self._copy_blobs(batch, target, rows, values)
         else:
@@ -272,7 +274,7 @@ class Mover(RowReader):
                     "the map to decide, then resume the run",
                 )
             all_rows = [values[r.key] for r in rows]
-            copy_references(self.ctx, self.source, home, conn, all_rows)
+            copy_references(self.ctx, self.source, home, conn, all_rows, stored=self.stored)
             deferred = write_rows(conn, table, self.key, names, inserts, updates, per_row)
             counts["copied"] = len(inserts) - len(deferred)
             counts["refreshed"] = len(updates)
@@ -302,7 +304,7 @@ class Mover(RowReader):
         """
         rows = [r for r in self.ctx.journal.rows(batch.id) if r.status in ACTIVE]
         for target in sorted({t for r in rows for t in r.targets}):
-            home = self.ctx.target(self.ds, target, self.source)
+            home = self.home(target)
             part = [r for r in rows if target in r.targets]
             keys = normalize_keys(home.table, self.key, [r.key for r in part])
             with home.store.connect(f"verifying {self.ds.name} at {target}") as conn:
@@ -392,6 +394,9 @@ class Mover(RowReader):
                 conns, [r for _, r in candidates], {r.key: current[k] for k, r in candidates}
             )
             deletable = [k for k, r in candidates if r.key in held]
+            # a cascading key would delete or rewrite rows that stay: pin their parents
+            cascading = self._cascade_pins(conn, {k: current[k] for k in deletable})
+            deletable = [k for k in deletable if k not in cascading]
             home_lost = [r for _, r in candidates if r.key not in held]
             # On a resume after a committed delete, rows missing now that were not
             # journalled as vanished were deleted by that transaction (the run
@@ -407,12 +412,13 @@ class Mover(RowReader):
                 journal.set_row_status(batch.id, [r.key for r in home_lost], "home-lost")
             if not resumed:
                 journal.transition(batch.id, "deleting")
-            pinned = self._delete_rows(conn, deletable)
+            refused = self._delete_rows(conn, deletable)
             if not committed:
                 delete_marks.mark(conn, mark)
             # commit the source while the homes' locks are still held: the copies
             # cannot change between the re-check and the delete
             conn.commit()
+        pinned = refused | cascading
         if pinned:
             journal.set_row_status(
                 batch.id,
@@ -422,7 +428,7 @@ class Mover(RowReader):
         all_vanished = [r for r in rows if r.status == "vanished"] + new_vanished
         all_changed = [r for r in rows if r.status == "changed"] + changed
         self._remove_own_copies(all_vanished + all_changed)
-        deleted = len(deletable) - len(pinned) + len(ours)
+        deleted = len(deletable) - len(refused) + len(ours)
         counts = {
             "deleted": deleted,
             "pinned": len(pinned),
@@ -492,7 +498,7 @@ class Mover(RowReader):
         """
         held = {r.key for r in rows}
         for target in sorted({t for r in rows for t in r.targets}):
-            home = self.ctx.target(self.ds, target, self.source)
+            home = self.home(target)
             part = [r for r in rows if target in r.targets]
             keys = normalize_keys(home.table, self.key, [r.key for r in part])
             found = select_by_keys(conns[target], home.table, self.key, keys, for_update=True)
@@ -511,6 +517,20 @@ class Mover(RowReader):
                 if digest_hex(now, cols) != r.digest_at_home:
                     held.discard(r.key)
         return held
+
+    def _cascade_pins(
+        self, conn: sa.Connection, rows: dict[tuple[Any, ...], dict[str, Any]]
+    ) -> set[tuple[Any, ...]]:
+        """Keys of *rows* that rows staying at the source reference by a cascading key."""
+        if not rows:
+            return set()
+        if self._children is None:
+            self._children = cascading_children(self.source.store, self.typed.table.name)
+        if not self._children:
+            return set()
+        return pinned_by_children(
+            conn, self.source.store, self._children, self.typed.table, self.key, rows
+        )
 
     def _delete_rows(
         self, conn: sa.Connection, keys: list[tuple[Any, ...]]
@@ -546,7 +566,7 @@ class Mover(RowReader):
                 if r.blob is not None:
                     self.blobs.remove_home_copy(r.blob)
         for target in sorted({t for r in rows for t in r.targets}):
-            home = self.ctx.existing_target(self.ds, target)
+            home = self.existing_home(target)
             if home is None:
                 continue
             part = [r for r in rows if target in r.targets]

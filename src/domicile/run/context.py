@@ -15,12 +15,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from domicile.connectors.schema import copy_tables, missing_columns
+from domicile.connectors.sql import SqlStore
 from domicile.errors import ConfigError
 from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
+from domicile.placement import home_store
 from domicile.plan import Plan, order_datasets
 from domicile.run.journal import BatchRecord, Journal
 from domicile.run.lease import Lease
+from domicile.run.references import Catalog
 from domicile.run.retry import Retry, Throttle
 from domicile.run.stop import StopFlag
 from domicile.scan import Directory
@@ -74,10 +77,8 @@ class RunContext:
         self._progress = progress
         self._lock = threading.Lock()
         self._targets: dict[tuple[str, str], Location] = {}
-        self._reference_tables = {
-            d.table for d in m.datasets.values() if d.reference and d.table is not None
-        }
         self.counts: dict[str, int] = {}
+        self.catalog = Catalog(m)
         personal = [d.name for d in m.datasets.values() if d.is_sql and not d.reference]
         edges: dict[str, set[str]] = {}
         table_to_dataset = {d.table: d.name for d in m.datasets.values() if d.table}
@@ -94,9 +95,25 @@ class RunContext:
         if self.lease is not None:
             self.lease.check()
 
+    def stored_form(self, ds: Dataset, source: SqlStore) -> bool:
+        """True when *ds*'s rows from *source* move in their stored form.
+
+        So when the source's engine family keeps values as stored between two
+        of its stores (SQLite) and every SQL home of the dataset is of that
+        family: decided from the map alone, so a resumed run decides alike.
+        """
+        if not source.behaviour.moves_stored_form:
+            return False
+        homes = {home_store(self.map, j, ds) for j in self.map.jurisdictions.values()}
+        return all(
+            self.fleet.sql[h].behaviour.family == source.behaviour.family
+            for h in homes
+            if h in self.fleet.sql
+        )
+
     def is_reference_table(self, table: str) -> bool:
         """True when *table* is a reference dataset's table."""
-        return table in self._reference_tables
+        return table in self.catalog.reference_tables
 
     def existing_target(self, ds: Dataset, store: str) -> Location | None:
         """The dataset's table at *store*, if it exists there."""
@@ -123,19 +140,7 @@ class RunContext:
             if source is None and not sql.has_table(ds.table):
                 raise ConfigError(f"table {ds.table} is missing at {store}")
             if source is not None:
-                # the dataset's table and the reference tables its rows point to
-                refs = [
-                    source.store.table(t)
-                    for t in self._reference_closure(source.store, source.table)
-                ]
-                wanted = [*refs, source.table]
-                if not all(sql.has_table(t.name) for t in wanted):
-                    copy_tables(wanted, sql.engine)  # existing tables are left untouched
-                    for t in wanted:
-                        sql.forget(t.name)
-                    for d in self.map.datasets.values():
-                        if d.table in {t.name for t in wanted}:
-                            self.fleet.refresh(d.name)
+                self._create(store, self.home_tables(ds, source))
             table = sql.table(ds.table)
             if source is not None:
                 missing = missing_columns(source.table, table)
@@ -154,17 +159,22 @@ class RunContext:
     def _key(self, ds: Dataset, table: sa.Table) -> tuple[str, ...]:
         return ds.key or tuple(c.name for c in table.primary_key.columns)
 
-    def _reference_closure(self, store: Any, table: sa.Table) -> list[str]:
-        out: list[str] = []
-        todo = [table]
-        while todo:
-            t = todo.pop()
-            for fk in t.foreign_key_constraints:
-                name = fk.referred_table.name
-                if self.is_reference_table(name) and name not in out:
-                    out.append(name)
-                    todo.append(store.table(name))
-        return list(reversed(out))
+    def home_tables(self, ds: Dataset, source: Location) -> list[sa.Table]:
+        """The source tables *ds*'s rows need at a home (:meth:`Catalog.home_tables`)."""
+        return self.catalog.home_tables(ds, source)
+
+    def _create(self, store: str, wanted: Sequence[sa.Table]) -> None:
+        """Create at *store* every table of *wanted* it lacks (in one call), then re-resolve."""
+        sql = self.fleet.sql[store]
+        if all(sql.has_table(t.name) for t in wanted):
+            return
+        copy_tables(wanted, sql.engine)  # existing tables are left untouched
+        for t in wanted:
+            sql.forget(t.name)
+        names = {t.name for t in wanted}
+        for d in self.map.datasets.values():
+            if d.table in names:
+                self.fleet.refresh(d.name)
 
     def emit(self, kind: str, batch: BatchRecord, **fields: Any) -> None:
         """An event for the audit log (digests and counts only, never personal data)."""
@@ -192,7 +202,27 @@ class RunContext:
 
 
 def preflight(ctx: RunContext) -> None:
-    """Create or check every home table the plan needs before any row moves."""
+    """Create or check every home table the plan needs before any row moves.
+
+    Each home's missing tables are created in one call, so that tables that
+    refer to each other, or that an owner path at home goes through, exist
+    together before any of them is looked at there.
+    """
+    wanted: dict[str, dict[str, sa.Table]] = {}
+    for dataset in ctx.plan.copy_order:
+        ds = ctx.map.datasets[dataset]
+        if not ds.is_sql:
+            continue
+        for move in ctx.plan.moves:
+            if move.dataset == dataset:
+                source = ctx.fleet.location(dataset, move.source)
+                if source is not None:
+                    tables = wanted.setdefault(move.target, {})
+                    for t in ctx.home_tables(ds, source):
+                        tables.setdefault(t.name, t)
+    with ctx._lock:
+        for store, tables in wanted.items():
+            ctx._create(store, list(tables.values()))
     for dataset in ctx.plan.copy_order:
         ds = ctx.map.datasets[dataset]
         if not ds.is_sql:

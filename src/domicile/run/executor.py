@@ -10,6 +10,7 @@ final scan finds zero violating records for its jurisdictions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domicile.errors import AuditIntegrityError, ConfigError, DomicileError, RunIncomplete
-from domicile.fleet import Fleet
+from domicile.fleet import Fleet, path_notes
 from domicile.model import DataMap
 from domicile.plan import Plan, build_plan
 from domicile.run.audit_events import RunAudit, deployment_key
@@ -25,6 +26,7 @@ from domicile.run.batch import Mover
 from domicile.run.context import Progress, RunContext, RunOptions, preflight
 from domicile.run.depends import changed, depends_of
 from domicile.run.home_blobs import HomeBlobMover
+from domicile.run.home_schema import advance_home, check_homes, home_needs
 from domicile.run.journal import Journal, RunRecord
 from domicile.run.lease import acquire as acquire_lease
 from domicile.run.passes import run_pass
@@ -73,7 +75,16 @@ def map_digest(m: DataMap) -> str:
 def plan_for(fleet: Fleet, scope: Sequence[str] | None, batch_size: int) -> tuple[Census, Plan]:
     """A fresh census and the plan made from it."""
     census = scan(fleet)
-    return census, build_plan(fleet.map, census, fleet.foreign_keys(), scope, batch_size)
+    plan = build_plan(fleet.map, census, fleet.foreign_keys(), scope, batch_size)
+    homes = check_homes(fleet, plan.moves, plan.copy_order)
+    notes = path_notes(fleet)
+    plan = dataclasses.replace(
+        plan,
+        blockers=tuple(dict.fromkeys([*plan.blockers, *homes.blockers])),
+        notes=(*plan.notes, *notes),
+        ddl=tuple((store, tuple(stmts)) for store, stmts in homes.ddl.items()),
+    )
+    return census, plan
 
 
 def execute(
@@ -156,6 +167,12 @@ def execute(
                 ctx.plan = build_plan(
                     m, after, fleet.foreign_keys(), plan.scope, options.batch_size
                 )
+            # the application can insert at home without giving an id: generated
+            # keys there go past every moved row (and every source's largest)
+            for store, tables in home_needs(
+                fleet, ctx.catalog, plan.moves, plan.copy_order
+            ).items():
+                advance_home(fleet, store, tables, headroom=0)
         except DomicileError as exc:
             reasons.append(str(exc))
             after = _safe_scan(fleet, before)

@@ -240,6 +240,8 @@ class HomeBlobMover:
 class _StayingRows(RowReader):
     """Reads one SQL location's rows that do not move, with the objects abroad they name."""
 
+    keeps_stored_form = False  # it reads keys and blob columns only, from the typed table
+
     def blobs_abroad(
         self,
         locator: BlobLocator,
@@ -271,7 +273,7 @@ class _StayingRows(RowReader):
                     n[f"_dm_u{k}"] for n in notes for k in range(self.annotated.owners)
                 )
                 for r, note in zip(page, notes, strict=True):
-                    if self._targets(note):
+                    if self._targets([note]):
                         continue  # the row moves, and its object with it (Mover)
                     placed = self._locate(locator, r[0], sources)
                     if placed is None or placed[:2] in skip:

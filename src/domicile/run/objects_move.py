@@ -36,8 +36,7 @@ class ObjectMover:
         self.ds = ds
         self.source = source
         self.glob, self.rx = owner_pattern(ds.objects)
-        m = ctx.map
-        self.id_col = ctx.fleet.locations(m.subjects.dataset)[0].table.c[m.subjects.id]
+        self.id_col = ctx.fleet.subject_id_column()
         self.flags = unconditional_waivers(ctx.fleet, ds)
 
     def _store(self, name: str) -> ObjectStore:

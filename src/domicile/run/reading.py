@@ -9,12 +9,13 @@ whose placement is violating, in the run's scope, becomes a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from domicile.errors import ConfigError
+from domicile.errors import ConfigError, PermanentConnectorError
 from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.placement import classify, home_store, targets
@@ -52,11 +53,19 @@ class Page:
 class RowReader:
     """Reads the rows of one dataset at one source that must move, with their homes."""
 
+    keeps_stored_form = True  # rows may move in their stored form (see RunContext.stored_form)
+
     def __init__(self, ctx: RunContext, dataset: Dataset, source: Location):
         self.ctx = ctx
         self.ds = dataset
         self.source = source
         self.key = source.key
+        self.typed = source  # the table as reflected: joins, filters and key order use it
+        self.stored = self.keeps_stored_form and ctx.stored_form(dataset, source.store)
+        if self.stored:  # rows read, compared and written in their stored form
+            self.source = Location(
+                source.store, source.store.stored_table(source.table.name), source.key
+            )
         m = ctx.map
         self.store = m.stores[source.store.name]
         local_dir = ctx.fleet.location(m.subjects.dataset, source.store.name)
@@ -67,10 +76,20 @@ class RowReader:
     # -- reading ---------------------------------------------------------------
 
     def read(self, after: tuple[Any, ...] | None, want: int) -> Page:
-        """Read pages after *after* until *want* moving rows or the end."""
+        """Read pages after *after* until *want* moving rows or the end.
+
+        An owner path whose target is not unique in the data (two customers
+        sharing one address) joins one record to several owners: the joined
+        rows of one key are merged into one record with every owner, and the
+        ``multi_owner`` rule decides.  A page never ends inside a key's rows.
+        """
         page = Page(lo=after)
-        table = self.source.table
-        cols = [*table.columns, *self.annotated.columns]
+        table = self.typed.table
+        own: list[sa.ColumnElement[Any]] = list(table.columns)
+        if self.stored:  # each column read with the type that keeps its stored form
+            moved = self.source.table
+            own = [sa.type_coerce(c, moved.c[c.name].type) for c in table.columns]
+        cols = [*own, *self.annotated.columns]
         names = [c.name for c in table.columns]
         # The row's own columns and domicile's annotations are split by
         # position, never by name: a user column may be called anything,
@@ -85,29 +104,82 @@ class RowReader:
                 q = q.where(key_after(table, self.key, after))
             q = q.order_by(*key_columns(table, self.key)).limit(page_size)
             with self.source.store.connect(f"reading {self.ds.name}") as conn:
-                raw = conn.execute(q).all()
-            page.read += len(raw)
+                try:
+                    raw = conn.execute(q).all()
+                except (ValueError, TypeError, OverflowError) as exc:
+                    raise self._unreadable(conn, q, exc) from exc
             if not raw:
                 page.exhausted = True
                 break
-            notes = [dict(zip(labels, r[width:], strict=True)) for r in raw]
+            more = len(raw) == page_size
+            groups = _by_key(raw, key_at)
+            if more:
+                if len(groups) == 1:
+                    page_size *= 2  # one key joined to a page of owners: read a wider page
+                    continue
+                groups.pop()  # its owners may go on in the next page: read it again there
+            notes = [[dict(zip(labels, r[width:], strict=True)) for r in g] for _, g in groups]
             self.ctx.directory.resolve(
-                n[f"_dm_u{k}"] for n in notes for k in range(self.annotated.owners)
+                n[f"_dm_u{k}"] for ns in notes for n in ns for k in range(self.annotated.owners)
             )
-            for r, note in zip(raw, notes, strict=True):
-                after = tuple(r[i] for i in key_at)
+            for (key, rows), note in zip(groups, notes, strict=True):
+                page.read += 1
+                after = key
                 page.hi = after
                 homes = self._targets(note)
                 if homes:
-                    values = dict(zip(names, r[:width], strict=True))
+                    values = dict(zip(names, rows[0][:width], strict=True))
                     page.rows.append(self._candidate(values, homes))
                     if len(page.rows) >= want:
                         break  # the batch is full: it ends at this key
             else:
-                if len(raw) < page_size:
+                if not more:
                     page.exhausted = True
                     break
         return page
+
+    def _unreadable(self, conn: sa.Connection, q: Any, exc: Exception) -> PermanentConnectorError:
+        """The error for a value the column's type cannot read: which row, which column."""
+        table = self.typed.table
+        names = [c.name for c in table.columns]
+        raw_cols = [sa.type_coerce(c, sa.types.NullType()) for c in table.columns]
+        untyped = q.with_only_columns(*raw_cols)
+        dialect = conn.dialect
+        where = "a row"
+        for row in conn.execute(untyped):
+            for name, value in zip(names, row, strict=True):
+                process = table.c[name].type.result_processor(dialect, None)
+                try:
+                    if process is not None and value is not None:
+                        process(value)
+                except (ValueError, TypeError, OverflowError):
+                    key = [row[names.index(k)] for k in self.key]
+                    where = f"the row with key {key}, column {name} (value {value!r:.60})"
+                    break
+            else:
+                continue
+            break
+        return PermanentConnectorError(
+            f"reading {self.ds.name} at {self.source.store.name}: {where} cannot be read as "
+            f"its column's type {table.c[name].type if where != 'a row' else ''}: {exc}",
+            where=f"table {table.name} in store {self.source.store.name}",
+            hint="correct the value at the source (or the column's declared type), then "
+            "resume the run; nothing was moved or deleted",
+        )
+
+    def home(self, target: str) -> Location:
+        """The dataset's table at home *target* (created if missing), in this move's form."""
+        return self._as_moved(self.ctx.target(self.ds, target, self.typed))
+
+    def existing_home(self, target: str) -> Location | None:
+        """The dataset's table at *target* if it exists there, in this move's form."""
+        loc = self.ctx.existing_target(self.ds, target)
+        return None if loc is None else self._as_moved(loc)
+
+    def _as_moved(self, loc: Location) -> Location:
+        if not self.stored:
+            return loc
+        return Location(loc.store, loc.store.stored_table(loc.table.name), loc.key)
 
     def _candidate(self, values: dict[str, Any], homes: tuple[str, ...]) -> Candidate:
         table = self.source.table
@@ -126,9 +198,13 @@ class RowReader:
                 c.home_digest = digest_hex(at_home, table.columns)
         return c
 
-    def _targets(self, row: Any) -> tuple[str, ...]:
-        countries = owner_countries(row, self.annotated.owners, self.ctx.directory)
-        flags = matched_waivers(row, self.annotated.waivers)
+    def _targets(self, notes: list[dict[str, Any]]) -> tuple[str, ...]:
+        countries: list[str] = []
+        for note in notes:  # one joined row per owner combination
+            countries += owner_countries(note, self.annotated.owners, self.ctx.directory)
+        if len(notes) > 1:
+            countries = list(dict.fromkeys(countries))
+        flags = matched_waivers(notes[0], self.annotated.waivers)
         key = (*countries, flags)
         if key not in self._homes:  # few distinct (countries, exceptions) per table
             self._homes[key] = self._homes_for(countries, flags)
@@ -150,3 +226,47 @@ class RowReader:
             ]
             return tuple(dict.fromkeys(homes))
         return tuple(targets(m, self.ds, verdict))
+
+
+def _by_key(raw: Sequence[Any], key_at: list[int]) -> list[tuple[tuple[Any, ...], list[Any]]]:
+    """Consecutive rows of one key together (the query orders by key)."""
+    groups: list[tuple[tuple[Any, ...], list[Any]]] = []
+    for r in raw:
+        key = tuple(r[i] for i in key_at)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(r)
+        else:
+            groups.append((key, [r]))
+    return groups
+
+
+def owner_notes(
+    ctx: RunContext, ds: Dataset, loc: Location, keys: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """The owner annotations of the records with *keys* in *loc* (one per joined owner row).
+
+    Owners the local directory does not know are resolved in ``ctx.directory``.
+    """
+    from domicile.run.rows import chunks, key_in
+
+    m = ctx.map
+    local_dir = ctx.fleet.location(m.subjects.dataset, loc.store.name)
+    a = annotate(m, loc, ds, local_dir)
+    labels = [c.name for c in a.columns]
+    width = len(loc.key)
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    with loc.store.connect(f"reading the owners of {ds.name}") as conn:
+        for chunk in chunks(list(keys)):
+            q = (
+                sa.select(*key_columns(loc.table, loc.key), *a.columns)
+                .select_from(a.from_)
+                .where(key_in(loc.table, loc.key, chunk))
+            )
+            for r in conn.execute(q):
+                out.setdefault(tuple(r[:width]), []).append(
+                    dict(zip(labels, r[width:], strict=True))
+                )
+    ctx.directory.resolve(
+        n[f"_dm_u{k}"] for ns in out.values() for n in ns for k in range(a.owners)
+    )
+    return out
