@@ -133,9 +133,9 @@ CRASHES = [
     ("copied", "videos", 2, "file"),  # rows and blobs home, not verified
     ("verified", "videos", 1, "file"),  # verified, nothing deleted
     ("deleting", "videos", 2, "file"),  # deleting journalled, rows and blobs still at the source
-    ("copying", "avatars", 2, "file"),
+    pytest.param("copying", "avatars", 2, "file", marks=pytest.mark.long),
     ("copied", "avatars", 2, "file"),
-    ("verified", "avatars", 1, "file"),
+    pytest.param("verified", "avatars", 1, "file", marks=pytest.mark.long),
     ("deleting", "avatars", 2, "file"),
     pytest.param("copied", "videos", 1, "s3", marks=[pytest.mark.s3, pytest.mark.long]),
     pytest.param("deleting", "avatars", 1, "s3", marks=pytest.mark.s3),

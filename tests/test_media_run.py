@@ -92,7 +92,7 @@ VARIANTS = {
 @pytest.mark.parametrize(
     "variant",
     [
-        pytest.param(v, marks=pytest.mark.long) if v in ("s3", "urls-local-to-s3") else v
+        pytest.param(v, marks=pytest.mark.long) if v in ("s3", "urls-s3", "urls-local-to-s3") else v
         for v in VARIANTS
     ],
 )

@@ -163,3 +163,45 @@ def test_plan_refuses_a_home_cycle_whose_keys_cannot_be_deferred(tmp_path, make_
     assert code == 2, err
     assert {t: rk.count(legacy, t) for t in rk.TABLES} == before
     assert rk.count(homes["us"], "customer") == 0
+
+
+def _fingerprint(urls: list[str], domicile_tables: bool = True) -> list[dict[str, Any]]:
+    return [rk.fingerprint(u, domicile_tables=domicile_tables) for u in urls]
+
+
+def test_a_directory_path_through_an_undeclared_table_is_refused(tmp_path, make_db, capsys):
+    path, legacy, homes = _shop(tmp_path, make_db, ("sqlite", "sqlite"))
+    data = rk.data_map(legacy, homes, f"sqlite:///{tmp_path / 'st.db'}")
+    del data["datasets"]["city"]  # the path goes through city, which no dataset declares
+    path = rk.write_map(tmp_path, data)
+    before = _fingerprint([legacy, *homes.values()])
+    code, out, err = _cli(capsys, "plan", "-c", str(path))
+    assert code == 2, out + err
+    assert "city" in err and "no dataset declares" in err and "reference: true" in err
+    assert "Traceback" not in out + err
+    assert _fingerprint([legacy, *homes.values()]) == before
+
+
+def test_a_view_directory_missing_at_a_home_is_refused_by_plan(tmp_path, make_db, capsys):
+    path, legacy, homes = _shop(tmp_path, make_db, ("sqlite", "sqlite"))
+    with sa.create_engine(legacy).begin() as conn:  # the directory as a view of the base table
+        conn.exec_driver_sql(
+            "CREATE VIEW customer_country AS SELECT c.customer_id AS id, co.country AS country"
+            " FROM customer c JOIN address a ON a.address_id = c.address_id"
+            " JOIN city ci ON ci.city_id = a.city_id"
+            " JOIN country co ON co.country_id = ci.country_id"
+        )
+    data = rk.data_map(legacy, homes, f"sqlite:///{tmp_path / 'st.db'}")
+    data["datasets"]["directory"] = {"table": "customer_country", "key": ["id"], "reference": True}
+    data["subjects"] = {"dataset": "directory", "id": "id", "country": "country"}
+    path = rk.write_map(tmp_path, data)
+    before = _fingerprint([legacy, *homes.values()])
+    code, out, err = _cli(capsys, "plan", "-c", str(path))
+    assert code == 2, out + err
+    assert "customer_country" in out and "is a view" in out, out
+    assert _fingerprint([legacy, *homes.values()]) == before
+    plain = _fingerprint([legacy, *homes.values()], domicile_tables=False)
+    code, out, err = _cli(capsys, "run", "-c", str(path))
+    assert code == 2, out + err
+    # run writes its store identity markers (domicile_* tables) first; nothing else changed
+    assert _fingerprint([legacy, *homes.values()], domicile_tables=False) == plain

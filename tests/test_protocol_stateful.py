@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -614,6 +615,7 @@ def _machine(
     )
 
 
+LONG = os.environ.get("DOMICILE_TEST_LONG", "") == "1"  # more examples (see conftest)
 SETTINGS = {
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -624,7 +626,7 @@ SETTINGS = {
 def test_protocol_state_machine_sqlite(make_db, tmp_path):
     run_state_machine_as_test(
         _machine(make_db, tmp_path, "sqlite"),
-        settings=settings(max_examples=30, stateful_step_count=12, **SETTINGS),
+        settings=settings(max_examples=60 if LONG else 20, stateful_step_count=12, **SETTINGS),
     )
 
 
@@ -633,7 +635,7 @@ def test_protocol_state_machine_sqlite(make_db, tmp_path):
 def test_protocol_state_machine_postgresql_home(make_db, tmp_path):
     run_state_machine_as_test(
         _machine(make_db, tmp_path, "postgresql"),
-        settings=settings(max_examples=8, stateful_step_count=10, **SETTINGS),
+        settings=settings(max_examples=16 if LONG else 6, stateful_step_count=10, **SETTINGS),
     )
 
 

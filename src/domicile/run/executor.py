@@ -215,7 +215,7 @@ def execute(
         if pinned:
             reasons.append(
                 f"{pinned} records are home but could not be deleted at their source: rows that "
-                "stay there (under an exception) reference them by foreign key"
+                "stay there (under an exception, or as conflicts) reference them by foreign key"
             )
         lost = sum(
             b.counts.get("home_lost", 0) + b.counts.get("blobs_home_lost", 0) for b in batches
