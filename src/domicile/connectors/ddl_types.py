@@ -103,7 +103,7 @@ def _generic_type(column: sa.Column[Any], target: str) -> sa.types.TypeEngine[An
         return sa.Text()  # an untyped SQLite column; text is the only safe choice
     try:
         generic = t.as_generic()
-    except NotImplementedError as exc:
+    except NotImplementedError as exc:  # a type SQLAlchemy has no generic form for: refused
         raise _cannot(column, target) from exc
     if type_family(generic) is not None:
         raise _cannot(column, target)

@@ -208,18 +208,9 @@ def preflight(ctx: RunContext) -> None:
     refer to each other, or that an owner path at home goes through, exist
     together before any of them is looked at there.
     """
-    wanted: dict[str, dict[str, sa.Table]] = {}
-    for dataset in ctx.plan.copy_order:
-        ds = ctx.map.datasets[dataset]
-        if not ds.is_sql:
-            continue
-        for move in ctx.plan.moves:
-            if move.dataset == dataset:
-                source = ctx.fleet.location(dataset, move.source)
-                if source is not None:
-                    tables = wanted.setdefault(move.target, {})
-                    for t in ctx.home_tables(ds, source):
-                        tables.setdefault(t.name, t)
+    from domicile.run.home_schema import home_needs
+
+    wanted = home_needs(ctx.fleet, ctx.catalog, ctx.plan.moves, ctx.plan.copy_order)
     with ctx._lock:
         for store, tables in wanted.items():
             ctx._create(store, list(tables.values()))
