@@ -11,6 +11,7 @@ store's :class:`Dialect`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,9 @@ class Dialect:
     placeholder: ClassVar[str] = "%s"
     """The driver's parameter marker (positional)."""
     moves_stored_form: ClassVar[bool] = False
+    digests_on_read: ClassVar[bool] = True
+    """True when the read of a source page asks the engine for each row's digest:
+    a server computes it on its own CPU, beside the client's work."""
     """True when rows between two stores of this family move in their stored form
     where a typed round trip would rewrite them (see :meth:`stored_type`)."""
 
@@ -127,6 +131,9 @@ class SQLiteDialect(Dialect):
     """SQLite: a file; the write lock is taken at BEGIN IMMEDIATE, there are no row locks."""
 
     family = "sqlite"
+    # in-process: the SQL digest would cost the client's CPU for every row read,
+    # staying rows too; Python digests only the moving ones
+    digests_on_read = False
     file_based = True
     locks_rows = False
     moves_stored_form = True
@@ -190,6 +197,7 @@ class SQLiteDialect(Dialect):
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
             cur.close()
+            register_sqlite_sha256(dbapi_conn)  # row digests computed in SQL
 
         return engine
 
@@ -359,6 +367,21 @@ class AsText(sa.types.TypeDecorator[str]):
 
     def bind_expression(self, bindvalue: Any) -> Any:
         return sa.cast(bindvalue, self.original)
+
+
+def _sha256(value: object) -> bytes | None:
+    """SHA-256 of a text's UTF-8 bytes (or of a blob); NULL for anything else."""
+    if isinstance(value, str):
+        return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+    if isinstance(value, bytes):
+        return hashlib.sha256(value).digest()
+    return None
+
+
+def register_sqlite_sha256(dbapi_connection: Any) -> None:
+    """Register ``domicile_sha256(text) -> blob`` on a sqlite3 connection (deterministic);
+    SQLite has no SHA-256 of its own (see :mod:`domicile.connectors.sql_digest`)."""
+    dbapi_connection.create_function("domicile_sha256", 1, _sha256, deterministic=True)
 
 
 def dialect_for(backend: str) -> Dialect:

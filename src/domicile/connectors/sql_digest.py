@@ -47,8 +47,14 @@ datetime   yes [7]       yes [8]         text ``YYYY-MM-DD HH:MM:SS[.ffffff]``
 float      None          None            None
 char32     None          None            None
 json       None          None            None
-any        None          None            None
+any        None          None            None [11]
 =========  ============  ==============  ===================================
+
+Stored forms (``SqlStore.stored_table``, how rows move between two SQLite or
+two PostgreSQL stores) are covered too: a SQLite ``NullType`` column (kind
+any) by its storage class [11], and a PostgreSQL ``AsText`` column (an
+interval, a ``json`` document, a non-key date or timestamp) as the JSON
+string of ``CAST(col AS TEXT)``, the text the same session reads.
 
 - [1] Not ``ZEROFILL`` columns (None): their text form is zero-padded.  On
   PostgreSQL and MySQL not a ``Numeric(asdecimal=False)`` either (None):
@@ -77,6 +83,9 @@ any        None          None            None
 - [10] ``to_json`` escapes as ``json.dumps(ensure_ascii=False)`` does (only
   ``"``, ``\\`` and characters below U+0020, in lowercase hex).  Any server
   encoding but SQL_ASCII (``convert_to`` needs to know the bytes' encoding).
+- [11] SQLite ``NullType`` only (the driver's own value): an integer as its
+  digits, a text as a JSON string, a blob as ``{"bytes": hex}``; a real
+  gives NULL (see float).
 - An ``Enum`` with a Python ``enum_class`` is None everywhere: Python reads
   members, which :mod:`domicile.digest` does not encode.
 
@@ -94,7 +103,6 @@ digest they must equal uses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -106,6 +114,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from domicile import digest as d
+from domicile.connectors.dialects import AsText, register_sqlite_sha256
 from domicile.connectors.schema import family
 
 __all__ = [
@@ -457,6 +466,9 @@ def _column_sql(
         return None, f"no SQL digest for the {dialect_name} dialect"
     t = _dialect_type(column, dialect_name)
     kind = d.kind_of(column.type)
+    stored = _stored_form_sql(fam, column, t)
+    if stored is not None:
+        return stored, ""
     if isinstance(t, sa.types.TypeDecorator):
         return None, f"{type(t).__name__} is a TypeDecorator: its Python value is processed"
     if d.kind_of(t) != kind:
@@ -480,6 +492,35 @@ def _column_sql(
     if value is None:
         return None, f"{t!r} has no SQL form on {fam} (see domicile.connectors.sql_digest)"
     return value, ""
+
+
+def _stored_form_sql(
+    fam: str, column: sa.Column[Any], t: sa.types.TypeEngine[Any]
+) -> sa.ColumnElement[Any] | None:
+    """The JSON text of a column read in its stored form (see ``Dialect.stored_type``).
+
+    - SQLite ``NullType`` (kind any): the value as the driver returns it,
+      decided by its storage class: an integer as its digits, a text as a
+      JSON string, a blob as ``{"bytes": hex}``, NULL as null; a real gives
+      NULL (Python's ``repr`` of the double is not written by SQL).
+    - :class:`~domicile.connectors.dialects.AsText` (PostgreSQL): the
+      value's text form, ``CAST(col AS TEXT)`` in the same session that
+      reads it, as a JSON string.
+    """
+    if fam == "sqlite" and isinstance(t, sa.types.NullType) and d.kind_of(t) == d.ANY:
+        blob = _concat(fam, ['{"bytes":"', _Sql("lower(hex({0}))", column), '"}'])
+        return _Sql(
+            "CASE typeof({0}) WHEN 'null' THEN 'null' WHEN 'integer' THEN CAST({0} AS TEXT)"
+            " WHEN 'text' THEN json_quote({0}) WHEN 'blob' THEN {1} END",
+            column,
+            blob,
+        )
+    if fam == "postgresql" and isinstance(t, AsText):
+        text = _pg_value(sa.cast(column, sa.Text), d.TEXT, sa.Text())
+        if text is None:
+            return None
+        return _Sql("CASE WHEN {0} IS NULL THEN 'null' ELSE {1} END", column, text)
+    return None
 
 
 def uncovered_reason(dialect_name: str, column: sa.Column[Any]) -> str | None:
@@ -541,20 +582,6 @@ def row_digest_sql(
 
 
 # -- SQLite's SHA-256 -----------------------------------------------------------------
-
-
-def _sha256(value: object) -> bytes | None:
-    """SHA-256 of a text's UTF-8 bytes (or of a blob); NULL for anything else."""
-    if isinstance(value, str):
-        return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-    if isinstance(value, bytes):
-        return hashlib.sha256(value).digest()
-    return None
-
-
-def register_sqlite_sha256(dbapi_connection: Any) -> None:
-    """Register ``domicile_sha256(text) -> blob`` on a sqlite3 connection (deterministic)."""
-    dbapi_connection.create_function("domicile_sha256", 1, _sha256, deterministic=True)
 
 
 def install_sqlite_sha256(engine: sa.Engine) -> None:

@@ -35,6 +35,7 @@ from domicile.errors import (
 from domicile.fleet import Location
 from domicile.run import delete_marks
 from domicile.run.conflict import Decision, decide
+from domicile.run.engine_digests import TableDigests
 from domicile.run.home_write import write_rows
 from domicile.run.journal import BatchRecord, BatchRow, key_text
 from domicile.run.pins import Child, cascading_children, pinned_by_children
@@ -42,9 +43,9 @@ from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
     chunks,
+    delete_by_keys,
     digest_hex,
     key_chunk,
-    key_in,
     key_in_for,
     normalize_keys,
     same_kinds,
@@ -73,6 +74,8 @@ class Mover(RowReader):
         super().__init__(ctx, dataset, source)
         self._sent: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
         self._children: list[Child] | None = None  # cascading keys that refer to the table
+        self._at_source: TableDigests | None = None
+        self._at_home: dict[str, TableDigests] = {}
 
     # -- steps by batch id (the journal's current state is read each time) -----------
 
@@ -307,28 +310,18 @@ class Mover(RowReader):
             home = self.home(target)
             part = [r for r in rows if target in r.targets]
             keys = normalize_keys(home.table, self.key, [r.key for r in part])
-            with home.store.connect(f"verifying {self.ds.name} at {target}") as conn:
-                found = select_by_keys(conn, home.table, self.key, keys)
-            cols = shared_columns(self.source.table, home.table)
-            names = [c.name for c in cols]
             sent = self._sent.pop((batch.id, target), None)
-            if sent is not None and not same_kinds(self.source.table, home.table):
-                sent = None
+            with home.store.connect(f"verifying {self.ds.name} at {target}") as conn:
+                at_home = self._verified_digests(conn, target, home, keys, part, sent)
             bad = []
             for k, r in zip(keys, part, strict=True):
-                now = found.get(k)
-                if now is None:
+                got = at_home.get(k)
+                if got is None:
                     bad.append((r.key, "missing"))
-                    continue
-                if r.status is None:
-                    was = sent.get(r.key) if sent is not None else None
-                    if (was is None or not same_values(now, was, names)) and digest_hex(
-                        now, cols
-                    ) != r.digest_at_home:
-                        bad.append((r.key, "different content"))
-                        continue
-                    if self.blobs is not None and r.blob is not None:
-                        self.blobs.verify(r.blob)
+                elif r.status is None and got != r.digest_at_home:
+                    bad.append((r.key, "different content"))
+                elif r.status is None and self.blobs is not None and r.blob is not None:
+                    self.blobs.verify(r.blob)
             if bad:
                 detail = ", ".join(f"{list(k)} {why}" for k, why in bad[:5])
                 raise VerificationError(
@@ -339,6 +332,33 @@ class Mover(RowReader):
                 )
         self.ctx.journal.transition(batch.id, "verified")
         self.ctx.emit("batch.verified", batch, count=len(rows))
+
+    def _verified_digests(
+        self,
+        conn: sa.Connection,
+        target: str,
+        home: Location,
+        keys: list[tuple[Any, ...]],
+        part: list[BatchRow],
+        sent: dict[tuple[Any, ...], dict[str, Any]] | None,
+    ) -> dict[tuple[Any, ...], str]:
+        """The home rows' digests by key: from the home engine where it computes them;
+        else a row equal (value and type) to what this process just sent from a table
+        of the same column kinds has the journalled digest without computing it."""
+        digests = self._home_digests(target, home)
+        if digests.in_sql or sent is None or not same_kinds(self.source.table, home.table):
+            return digests.by_keys(conn, keys)
+        found = select_by_keys(conn, home.table, self.key, keys)
+        names = [c.name for c in digests.columns]
+        out = {}
+        for k, r in zip(keys, part, strict=True):
+            now = found.get(k)
+            if now is None:
+                continue
+            was = sent.get(r.key)
+            same = was is not None and r.status is None and same_values(now, was, names)
+            out[k] = r.digest_at_home if same else digest_hex(now, digests.columns)
+        return out
 
     # -- compare-and-delete ---------------------------------------------------------
 
@@ -380,22 +400,21 @@ class Mover(RowReader):
                 )
                 conns[name] = stack.enter_context(store.begin_write(doing))
             conn = conns.pop(source_name)
-            current = select_by_keys(conn, table, self.key, keys, for_update=True)
+            # the rows' digests now, locked until the delete commits
+            current = self._source_digests().by_keys(conn, keys, for_update=True)
             candidates, changed, vanished = [], [], []
             for k, r in zip(keys, moving, strict=True):
                 now = current.get(k)
                 if now is None:
                     vanished.append(r)
-                elif digest_hex(now, table.columns) == r.digest:
+                elif now == r.digest:
                     candidates.append((k, r))
                 else:
                     changed.append(r)
-            held = self._home_still_holds(
-                conns, [r for _, r in candidates], {r.key: current[k] for k, r in candidates}
-            )
+            held = self._home_still_holds(conns, [r for _, r in candidates])
             deletable = [k for k, r in candidates if r.key in held]
             # a cascading key would delete or rewrite rows that stay: pin their parents
-            cascading = self._cascade_pins(conn, {k: current[k] for k in deletable})
+            cascading = self._cascade_pins(conn, deletable)
             deletable = [k for k in deletable if k not in cascading]
             home_lost = [r for _, r in candidates if r.key not in held]
             # On a resume after a committed delete, rows missing now that were not
@@ -412,7 +431,7 @@ class Mover(RowReader):
                 journal.set_row_status(batch.id, [r.key for r in home_lost], "home-lost")
             if not resumed:
                 journal.transition(batch.id, "deleting")
-            refused = self._delete_rows(conn, deletable)
+            refused = delete_by_keys(conn, self.source.table, self.key, deletable)
             if not committed:
                 delete_marks.mark(conn, mark)
             # commit the source while the homes' locks are still held: the copies
@@ -483,81 +502,57 @@ class Mover(RowReader):
         return len(undo)
 
     def _home_still_holds(
-        self,
-        conns: dict[str, sa.Connection],
-        rows: list[BatchRow],
-        at_source: dict[tuple[Any, ...], dict[str, Any]],
+        self, conns: dict[str, sa.Connection], rows: list[BatchRow]
     ) -> set[tuple[Any, ...]]:
         """Keys (as journalled) whose copy is still at every home, as verified.
 
-        *conns* are the homes' transactions, whose row locks are held until
-        after the source's delete commits.  *at_source* holds the rows as just
-        read (and found equal by digest to the copy): a home row with the same
-        values matches without a digest; any other is digested and compared
-        with what was verified.
+        *conns* are the homes' transactions: each home row's digest is read
+        (computed by the home engine where it can) with the row locked until
+        after the source's delete commits, and compared with what was verified.
         """
         held = {r.key for r in rows}
         for target in sorted({t for r in rows for t in r.targets}):
             home = self.home(target)
             part = [r for r in rows if target in r.targets]
             keys = normalize_keys(home.table, self.key, [r.key for r in part])
-            found = select_by_keys(conns[target], home.table, self.key, keys, for_update=True)
-            cols = shared_columns(self.source.table, home.table)
-            names = [c.name for c in cols]
-            same = same_kinds(self.source.table, home.table)
+            digests = self._home_digests(target, home)
+            found = digests.by_keys(conns[target], keys, for_update=True)
             for k, r in zip(keys, part, strict=True):
                 now = found.get(k)
-                if now is None:
-                    held.discard(r.key)
-                    continue
-                if r.status is not None:
-                    continue  # kept-home: home's own version, which only has to be there
-                if same and same_values(now, at_source[r.key], names):
-                    continue
-                if digest_hex(now, cols) != r.digest_at_home:
+                # kept-home (status set): home's own version, which only has to be there
+                if now is None or (r.status is None and now != r.digest_at_home):
                     held.discard(r.key)
         return held
 
+    def _source_digests(self) -> TableDigests:
+        if self._at_source is None:
+            table = self.source.table
+            self._at_source = TableDigests(self.source.store, table, self.key, list(table.columns))
+        return self._at_source
+
+    def _home_digests(self, target: str, home: Location) -> TableDigests:
+        cached = self._at_home.get(target)
+        if cached is None or cached.table is not home.table:
+            cols = shared_columns(self.source.table, home.table)
+            cached = TableDigests(home.store, home.table, self.key, cols)
+            self._at_home[target] = cached
+        return cached
+
     def _cascade_pins(
-        self, conn: sa.Connection, rows: dict[tuple[Any, ...], dict[str, Any]]
+        self, conn: sa.Connection, keys: list[tuple[Any, ...]]
     ) -> set[tuple[Any, ...]]:
-        """Keys of *rows* that rows staying at the source reference by a cascading key."""
-        if not rows:
+        """*keys* whose rows rows staying at the source reference by a cascading key."""
+        if not keys:
             return set()
         if self._children is None:
             self._children = cascading_children(self.source.store, self.typed.table.name)
         if not self._children:
             return set()
+        # the rows are locked already (the compare above): read their referred values
+        rows = select_by_keys(conn, self.source.table, self.key, keys)
         return pinned_by_children(
             conn, self.source.store, self._children, self.typed.table, self.key, rows
         )
-
-    def _delete_rows(
-        self, conn: sa.Connection, keys: list[tuple[Any, ...]]
-    ) -> set[tuple[Any, ...]]:
-        """Delete rows by key; returns the keys that foreign keys of other rows pin.
-
-        A parent row that rows staying in the source still reference (a public
-        video kept abroad by an exception points to its owner) cannot be
-        deleted there; it stays, is reported, and the run ends incomplete.
-        """
-        table = self.source.table
-        try:
-            with conn.begin_nested():
-                dialect = conn.dialect.name
-                for chunk in chunks(keys, key_chunk(dialect, self.key)):
-                    conn.execute(table.delete().where(key_in_for(dialect, table, self.key, chunk)))
-            return set()
-        except sa.exc.IntegrityError:
-            pass
-        pinned: set[tuple[Any, ...]] = set()
-        for k in keys:
-            try:
-                with conn.begin_nested():
-                    conn.execute(table.delete().where(key_in(table, self.key, [k])))
-            except sa.exc.IntegrityError:
-                pinned.add(k)
-        return pinned
 
     def _remove_own_copies(self, rows: list[BatchRow]) -> None:
         """Delete home rows (and objects) that still hold exactly what domicile copied there."""

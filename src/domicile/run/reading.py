@@ -9,12 +9,15 @@ whose placement is violating, in the run's scope, becomes a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.visitors import replacement_traverse
 
+from domicile.connectors.sql_digest import row_digest_sql
 from domicile.errors import ConfigError, PermanentConnectorError
 from domicile.fleet import Location
 from domicile.model import Dataset
@@ -72,6 +75,7 @@ class RowReader:
         self.annotated = annotate(m, source, dataset, local_dir)
         self.blobs = BlobMover(ctx, dataset) if dataset.blobs is not None else None
         self._homes: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._read_digest: tuple[sa.ColumnElement[Any] | None] | None = None
 
     # -- reading ---------------------------------------------------------------
 
@@ -90,12 +94,17 @@ class RowReader:
             moved = self.source.table
             own = [sa.type_coerce(c, moved.c[c.name].type) for c in table.columns]
         cols = [*own, *self.annotated.columns]
+        digest = self._digest_sql()
+        if digest is not None:  # the engine digests each row; NULL: Python does
+            cols.append(digest)
         names = [c.name for c in table.columns]
         # The row's own columns and domicile's annotations are split by
         # position, never by name: a user column may be called anything,
         # including the annotations' labels.
         labels = [c.name for c in self.annotated.columns]
         width = len(names)
+        ann_end = width + len(labels)
+        owner_at = [labels.index(f"_dm_u{k}") for k in range(self.annotated.owners)]
         key_at = [names.index(k) for k in self.key]
         page_size = max(want, 500)
         while len(page.rows) < want:
@@ -118,18 +127,21 @@ class RowReader:
                     page_size *= 2  # one key joined to a page of owners: read a wider page
                     continue
                 groups.pop()  # its owners may go on in the next page: read it again there
-            notes = [[dict(zip(labels, r[width:], strict=True)) for r in g] for _, g in groups]
             self.ctx.directory.resolve(
-                n[f"_dm_u{k}"] for ns in notes for n in ns for k in range(self.annotated.owners)
+                {r[width + i] for _, g in groups for r in g for i in owner_at}
             )
-            for (key, rows), note in zip(groups, notes, strict=True):
+            # a row's homes follow from its annotations alone (owners, their
+            # countries, exceptions): worked out once per distinct annotation
+            seen: dict[tuple[Any, ...], tuple[str, ...]] = {}
+            for key, rows in groups:
                 page.read += 1
                 after = key
                 page.hi = after
-                homes = self._targets(note)
+                homes = self._homes_of(rows, width, ann_end, labels, seen)
                 if homes:
                     values = dict(zip(names, rows[0][:width], strict=True))
-                    page.rows.append(self._candidate(values, homes))
+                    known = rows[0][ann_end] if digest is not None else None
+                    page.rows.append(self._candidate(values, homes, known))
                     if len(page.rows) >= want:
                         break  # the batch is full: it ends at this key
             else:
@@ -137,6 +149,26 @@ class RowReader:
                     page.exhausted = True
                     break
         return page
+
+    def _homes_of(
+        self,
+        rows: list[Any],
+        width: int,
+        end: int,
+        labels: list[str],
+        seen: dict[tuple[Any, ...], tuple[str, ...]],
+    ) -> tuple[str, ...]:
+        """The homes of one record (its joined rows), cached by annotation in *seen*."""
+        if len(rows) > 1:  # one record, several owners
+            return self._targets([dict(zip(labels, r[width:end], strict=True)) for r in rows])
+        ann = tuple(rows[0][width:end])
+        try:
+            homes = seen.get(ann)
+        except TypeError:  # an unhashable annotation value: no cache
+            return self._targets([dict(zip(labels, ann, strict=True))])
+        if homes is None:
+            homes = seen[ann] = self._targets([dict(zip(labels, ann, strict=True))])
+        return homes
 
     def _unreadable(self, conn: sa.Connection, q: Any, exc: Exception) -> PermanentConnectorError:
         """The error for a value the column's type cannot read: which row, which column."""
@@ -181,9 +213,33 @@ class RowReader:
             return loc
         return Location(loc.store, loc.store.stored_table(loc.table.name), loc.key)
 
-    def _candidate(self, values: dict[str, Any], homes: tuple[str, ...]) -> Candidate:
+    def _digest_sql(self) -> sa.ColumnElement[Any] | None:
+        """The row digest over the moved form's columns as SQL on the reflected table
+        the read query selects from (None: no SQL form, Python digests every row)."""
+        if self._read_digest is None:
+            store = self.source.store
+            expr: Any = None
+            if store.behaviour.digests_on_read:
+                expr = row_digest_sql(store.dialect, list(self.source.table.columns))
+            if expr is not None and self.source.table is not self.typed.table:
+                typed = self.typed.table
+                moved = self.source.table
+
+                def to_typed(element: Any, **_kw: Any) -> Any:
+                    if isinstance(element, sa.Column) and element.table is moved:
+                        return typed.c[element.name]
+                    return None
+
+                expr = replacement_traverse(expr, {}, to_typed)
+            self._read_digest = (expr,)
+        return self._read_digest[0]
+
+    def _candidate(
+        self, values: dict[str, Any], homes: tuple[str, ...], known: bytes | None = None
+    ) -> Candidate:
         table = self.source.table
-        c = Candidate(key_of(values, self.key), values, digest_hex(values, table.columns), homes)
+        digest = bytes(known).hex() if known is not None else digest_hex(values, table.columns)
+        c = Candidate(key_of(values, self.key), values, digest, homes)
         if self.blobs is not None:
             c.blob = self.blobs.describe(values[self.blobs.column])
             if c.blob is not None and c.blob["url"]:
@@ -231,8 +287,12 @@ class RowReader:
 def _by_key(raw: Sequence[Any], key_at: list[int]) -> list[tuple[tuple[Any, ...], list[Any]]]:
     """Consecutive rows of one key together (the query orders by key)."""
     groups: list[tuple[tuple[Any, ...], list[Any]]] = []
+    at = key_at[0]
+    key_of_row: Callable[[Any], tuple[Any, ...]] = (
+        (lambda r: (r[at],)) if len(key_at) == 1 else itemgetter(*key_at)
+    )
     for r in raw:
-        key = tuple(r[i] for i in key_at)
+        key = key_of_row(r)
         if groups and groups[-1][0] == key:
             groups[-1][1].append(r)
         else:

@@ -26,6 +26,7 @@ from domicile.digest import RowEncoder
 __all__ = [
     "KEY_CHUNK",
     "chunks",
+    "delete_by_keys",
     "digest_hex",
     "key_after",
     "key_chunk",
@@ -162,3 +163,30 @@ def unused_prefix(base: str, names: Iterable[str]) -> str:
     while any(n.startswith(prefix) for n in taken):
         prefix = "_" + prefix
     return prefix
+
+
+def delete_by_keys(
+    conn: sa.Connection, table: sa.Table, key: Sequence[str], keys: Sequence[tuple[Any, ...]]
+) -> set[tuple[Any, ...]]:
+    """Delete rows by key; returns the keys that foreign keys of other rows pin.
+
+    A parent row that rows staying in the source still reference (a public
+    video kept abroad by an exception points to its owner) cannot be
+    deleted there; it stays, is reported, and the run ends incomplete.
+    """
+    try:
+        with conn.begin_nested():
+            dialect = conn.dialect.name
+            for chunk in chunks(keys, key_chunk(dialect, key)):
+                conn.execute(table.delete().where(key_in_for(dialect, table, key, chunk)))
+        return set()
+    except sa.exc.IntegrityError:
+        pass
+    pinned: set[tuple[Any, ...]] = set()
+    for k in keys:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.delete().where(key_in(table, key, [k])))
+        except sa.exc.IntegrityError:
+            pinned.add(k)
+    return pinned
