@@ -29,12 +29,14 @@ from domicile.state import state_engine
 # The run package, the planner and the scanner are imported by the functions
 # that use them: ``domicile check`` needs none of them.
 if TYPE_CHECKING:
+    from domicile.guard import StoreGuard
     from domicile.plan import Plan
     from domicile.run.executor import Progress, RunOptions, RunResult
     from domicile.run.home_schema import Prepared
     from domicile.run.journal import BatchRecord, Journal, RunRecord
     from domicile.run.lease import Holder
     from domicile.scan import Census
+    from domicile.watch import RoundResult, WatchOptions
 
 __all__ = [
     "CheckResult",
@@ -45,6 +47,9 @@ __all__ = [
     "VerifyResult",
     "abandon",
     "check",
+    "guard_install",
+    "guard_remove",
+    "guard_status",
     "journal",
     "load",
     "plan",
@@ -53,6 +58,7 @@ __all__ = [
     "scan",
     "status",
     "verify",
+    "watch",
 ]
 
 MapLike = DataMap | Path | str
@@ -192,7 +198,7 @@ def run(
     m = load(config)
     j = journal(m)
     audit = RunAudit(m, j.engine)
-    return execute(
+    result = execute(
         m,
         j,
         options or RunOptions(),
@@ -201,6 +207,11 @@ def run(
         progress=progress,
         confirm_resume=confirm_resume,
     )
+    if result.status == "done":  # subjects came home: an installed write guard learns them
+        from domicile.guard import refresh_after_run
+
+        refresh_after_run(m)
+    return result
 
 
 def abandon(config: MapLike, run_id: str) -> None:
@@ -324,3 +335,43 @@ def report_data(config: MapLike, run_id: str | None = None) -> dict[str, Any]:
     m = load(config)
     j = journal(m)
     return _report_data(m, j, j.engine, run_id)
+
+
+def guard_install(config: MapLike, scope: Sequence[str] | None = None) -> list[StoreGuard]:
+    """Install (or refresh) the write guard in every store *scope*'s rules forbid."""
+    from domicile import guard
+    from domicile.plan import resolve_scope
+
+    m = load(config)
+    with Fleet(m) as fleet:
+        return guard.install(fleet, resolve_scope(m, scope))
+
+
+def guard_status(config: MapLike) -> list[StoreGuard]:
+    """The write guard in every SQL store: installed or not, for which jurisdictions."""
+    from domicile import guard
+
+    with Fleet(load(config)) as fleet:
+        return guard.status(fleet)
+
+
+def guard_remove(config: MapLike, scope: Sequence[str] | None = None) -> list[str]:
+    """Remove the write guard of *scope* (default: all); the stores changed."""
+    from domicile import guard
+    from domicile.plan import resolve_scope
+
+    m = load(config)
+    with Fleet(m) as fleet:
+        return guard.remove(fleet, list(resolve_scope(m, scope)) if scope else None)
+
+
+def watch(
+    config: MapLike,
+    options: WatchOptions | None = None,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> list[RoundResult]:
+    """The drift watch: a census every interval, alerts on new violations (see domicile.watch)."""
+    from domicile.watch import WatchOptions
+    from domicile.watch import watch as _watch
+
+    return _watch(load(config), options or WatchOptions(), on_round=on_round)

@@ -28,6 +28,8 @@ from domicile.errors import (
     DomicileError,
     exit_code_for,
 )
+from domicile.guard_cli import guard_app
+from domicile.guard_cli import watch as watch_command
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,6 +48,8 @@ app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(guard_app, name="guard")
+app.command("watch")(watch_command)
 
 ConfigOpt = typer.Option(Path("domicile.yaml"), "-c", "--config", help="The data map.")
 
@@ -281,6 +285,11 @@ def _execute(
             f"audit keys created in {audit.keys_dir} (keep audit.key secret; "
             "share audit.pub with auditors)"
         )
+    if result.status == "done":  # subjects came home: an installed write guard learns them
+        from domicile.guard import refresh_after_run
+
+        for g in refresh_after_run(m):
+            console.print(f"write guard refreshed at {g.store}")
     return result
 
 
