@@ -34,13 +34,13 @@ import sqlalchemy as sa
 from domicile.errors import ConfigError
 from domicile.run import hooks
 from domicile.run.journal_pack import (
+    Unpacked,
     fingerprint,
     int_keys,
     pack,
     packed_of,
     packed_values,
     range_holds,
-    unpack,
 )
 from domicile.run.journal_records import (
     ALLOWED,
@@ -96,6 +96,7 @@ class Journal:
         self.engine = engine
         self._lock = threading.Lock()
         self._mac_key = mac_key
+        self._unpacked = Unpacked()  # a batch's rows are read at each step
         # batch id -> (MAC, source, rows by key text) as read and checked by this process
         self._index: dict[int, tuple[str, str, dict[str, BatchRow]]] = {}
         with state_errors(engine, "opening the journal"):
@@ -338,7 +339,7 @@ class Journal:
         packed = packed_of(row)
         if packed is not None:
             try:
-                return unpack(packed)
+                return self._unpacked.rows(row.id, packed)
             except (ValueError, TypeError, KeyError, IndexError) as exc:
                 raise JournalTampered(
                     f"batch {row.id} of run {row.run_id}: its rows cannot be read ({exc})",

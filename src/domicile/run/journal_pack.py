@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import json
 import re
+import threading
 from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -172,3 +173,30 @@ def packed_of(row: Any) -> Packed | None:
         bytes(row.row_homes or b""),
         row.row_notes,
     )
+
+
+class Unpacked:
+    """Rows of the batches in flight, unpacked once per stored form of each batch.
+
+    The journal reads a batch's record at every step; the same packed record
+    gives the same rows, so a record equal to the one last unpacked for that
+    batch is not unpacked again.  Thread-safe; keeps the last *size* batches.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._by_id: dict[int, tuple[Packed, list[BatchRow]]] = {}
+
+    def rows(self, batch_id: int, packed: Packed) -> list[BatchRow]:
+        """``unpack(packed)`` (a new list each time)."""
+        with self._lock:
+            hit = self._by_id.get(batch_id)
+        if hit is not None and hit[0] == packed:
+            return list(hit[1])
+        rows = unpack(packed)
+        with self._lock:
+            self._by_id[batch_id] = (packed, rows)
+            while len(self._by_id) > self._size:
+                self._by_id.pop(next(iter(self._by_id)))
+        return list(rows)
