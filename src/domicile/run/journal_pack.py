@@ -183,7 +183,7 @@ class Unpacked:
     batch is not unpacked again.  Thread-safe; keeps the last *size* batches.
     """
 
-    def __init__(self, size: int = 16) -> None:
+    def __init__(self, size: int = 4) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._by_id: dict[int, tuple[Packed, list[BatchRow]]] = {}
