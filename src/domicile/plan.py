@@ -27,9 +27,9 @@ from domicile.scan_objects import blob_cell_name
 # what benchmarks/move.py measured on 2 cores with two thirds of the rows moving
 # (see benchmarks/README.md); a run prints its real rate.
 RATES: dict[tuple[str, str], float] = {
-    ("sqlite", "sqlite"): 7_700.0,
-    ("postgresql", "postgresql"): 7_000.0,
-    ("sqlite", "postgresql"): 6_600.0,
+    ("sqlite", "sqlite"): 9_100.0,
+    ("postgresql", "postgresql"): 7_700.0,
+    ("sqlite", "postgresql"): 6_900.0,
     ("postgresql", "mysql"): 5_800.0,
 }
 DEFAULT_RATE = 5_000.0
