@@ -174,6 +174,19 @@ def _key_texts(files: list[Path] | None, settings: _Settings | None) -> list[str
     return [v.key_text() for f in files for v in keystore.read_verifier_keys(f)]
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A small text file the user named; a clear error when it cannot be read."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise ConfigError(f"{what} file {path} is larger than 1 MiB: not a {what}")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the {what} file {path}: {exc}",
+            hint="pass the file `domicile audit checkpoint` printed (or an export's checkpoint)",
+        ) from None
+
+
 def _log(engine: sa.Engine, settings: _Settings, origin: str | None = None) -> AuditLog:
     from domicile import keys as keystore
     from domicile.audit.log import AuditLog, stored_origin
@@ -209,12 +222,24 @@ def verify_command(
     from_dir: Path | None = typer.Option(
         None, "--from", help="Verify an exported folder instead of the state store."
     ),
+    checkpoint: list[Path] | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="A checkpoint kept outside the state store (repeatable): the log must be at "
+        "least that large and consistent with it.",
+    ),
     config: Path = CONFIG_OPTION,
 ) -> None:
     """Rehash every entry and check every checkpoint: exit 0 ok, 5 tampered."""
     from domicile.audit.verify import verify_export, verify_log
 
     with _errors():
+        kept = [(f"checkpoint file {p}", _read_text(p, "checkpoint")) for p in checkpoint or []]
+        if kept and from_dir is not None:
+            raise ConfigError(
+                "--checkpoint checks the log in the state store, not an exported folder",
+                hint="an exported folder holds its own checkpoints; verify it with --from alone",
+            )
         if from_dir is not None:
             # An auditor may hold only the folder and the key: the map is optional.
             settings = None if public_key else _state_and_keys(config, required=False)
@@ -223,9 +248,11 @@ def verify_command(
             return
         settings = _state_and_keys(config)
         with _engine(settings) as engine:
-            result = verify_log(engine, _key_texts(public_key, settings))
+            result = verify_log(engine, _key_texts(public_key, settings), kept=kept)
             journal_batches = _verify_journal(engine, settings)
         _print_result(result, "state store")
+        for label, _note in kept:
+            typer.echo(f"  {label}: the log holds it and is consistent with it")
         if journal_batches is not None:
             typer.echo(f"  journal            {journal_batches} batches, every MAC matches")
 

@@ -138,9 +138,16 @@ def _verify(
     *,
     origin: str | None,
     entry_label: str,
+    kept: Sequence[_StoredNote] = (),
 ) -> VerifyResult:
-    """The checks shared by a log in a database and an exported folder."""
+    """The checks shared by a log in a database and an exported folder.
+
+    *kept* are checkpoints held outside the log (exported, published, held
+    by a witness): each must verify, name this log, and sign a prefix of it,
+    so that entries and checkpoints deleted together cannot pass unseen.
+    """
     opened = _open_all(stored, verifiers, origin)
+    outside = [_open_all([cp], verifiers, origin)[0] for cp in kept]
 
     tree = merkle.MerkleTree()
     sha256 = hashlib.sha256
@@ -202,6 +209,29 @@ def _verify(
         signers.update(names)
         previous = (cp, head)
 
+    for cp, head, _names in outside:
+        where = _where(cp, head.size)
+        log_origin = previous[1].origin if previous else origin
+        if log_origin is not None and head.origin != log_origin:
+            why = f"it is of log {head.origin!r}, not {log_origin!r}"
+            raise _bad_checkpoint(cp, head.size, why)
+        if head.size > tree.size:
+            raise LogTampered(
+                f"the checkpoint kept outside signs {head.size} entries but the log holds "
+                f"{tree.size}: entries (and the checkpoints after them) were removed",
+                where=where,
+                checkpoint_id=cp.id,
+                tree_size=head.size,
+            )
+        if tree.root(head.size) != head.root:
+            raise LogTampered(
+                f"the first {head.size} entries of the log are not the ones the checkpoint kept "
+                "outside signed: the log was rewritten",
+                where=where,
+                checkpoint_id=cp.id,
+                tree_size=head.size,
+            )
+
     return VerifyResult(
         entries=tree.size,
         checkpoints=len(opened),
@@ -224,17 +254,32 @@ def _db_entries(conn: sa.Connection) -> Iterator[tuple[int, bytes, bytes | None]
 
 
 def verify_log(
-    engine: sa.Engine, verifier_keys: Sequence[str] | str, *, origin: str | None = None
+    engine: sa.Engine,
+    verifier_keys: Sequence[str] | str,
+    *,
+    origin: str | None = None,
+    kept: Sequence[tuple[str, str]] = (),
 ) -> VerifyResult:
     """Verify the audit log in a state store against the given verifier keys.
 
     *verifier_keys* are C2SP verifier key texts (the log's key, and any
     witness keys whose signatures should be checked too).  With *origin*,
-    every checkpoint must name that log.
+    every checkpoint must name that log.  *kept* are ``(label, note)``
+    checkpoints held outside the state store: the log must be at least as
+    large as each and consistent with it.
     """
     verifiers = _verifiers(verifier_keys)
+    outside = [_StoredNote(-1 - i, note, None, label) for i, (label, note) in enumerate(kept)]
     names = set(sa.inspect(engine).get_table_names())
     if entries_table.name not in names or checkpoints_table.name not in names:
+        if outside:
+            cp, head, _ = _open_all(outside[:1], verifiers, origin)[0]
+            raise LogTampered(
+                f"the state store has no audit log, but the checkpoint kept outside signs "
+                f"{head.size} entries: the log was removed",
+                where=_where(cp, head.size),
+                tree_size=head.size,
+            )
         raise ConfigError(
             "the state store has no audit log",
             hint="the audit tables are created by the first run or `domicile audit checkpoint`",
@@ -247,7 +292,12 @@ def verify_log(
             for cp in read_checkpoints(conn)
         ]
         return _verify(
-            _db_entries(conn), stored, verifiers, origin=origin, entry_label="audit entry {}"
+            _db_entries(conn),
+            stored,
+            verifiers,
+            origin=origin,
+            entry_label="audit entry {}",
+            kept=outside,
         )
 
 
