@@ -202,6 +202,12 @@ def run(
     abandon: str | None = typer.Option(
         None, "--abandon", help="Give up this unfinished run (it is never resumed)."
     ),
+    vacuum: bool = typer.Option(
+        False,
+        "--vacuum",
+        help="After a run that ends done, compact the source tables it deleted from "
+        "(SQLite VACUUM, PostgreSQL VACUUM FULL, MySQL OPTIMIZE TABLE).",
+    ),
 ) -> None:
     """Bring it home: copy, verify, compare-and-delete; resumable; then verify by scan."""
     from domicile.datamap import load_map
@@ -233,6 +239,7 @@ def run(
         max_passes=max_passes,
         retries=retries,
         break_lease=break_lease,
+        vacuum=vacuum,
     )
     result = _execute(console, m, journal, options, resume)
     print_census(console, m, result.after, title=f"Census after run {result.run_id}")
@@ -240,8 +247,8 @@ def run(
         f"run {result.run_id}: {result.status} in {result.seconds:.1f}s "
         f"({', '.join(f'{k} {v:,}' for k, v in sorted(result.counts.items()))})"
     )
-    for reason in result.reasons:
-        console.print(f"  incomplete: {reason}")
+    for reason in result.reasons:  # a done run's notes (a failed compaction) are notes
+        console.print(f"  {'note' if result.status == 'done' else 'incomplete'}: {reason}")
     raise typer.Exit(EXIT_OK if result.status == "done" else EXIT_INCOMPLETE)
 
 

@@ -79,6 +79,29 @@ class Dialect:
         """``column IN (...)`` in this engine's cheapest form."""
         return column.in_(list(values))
 
+    def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
+        """Statements that reclaim the space of deleted rows in *tables* (``run --vacuum``),
+        run outside a transaction; [] where the engine has none."""
+        return []
+
+    def compact(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
+        """Run :meth:`compact_statements` in autocommit; returns the statements run."""
+        statements = self.compact_statements(engine, tables)
+        if not statements:
+            return []
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            if driver is not None and hasattr(driver, "autocommit"):
+                driver.autocommit = True  # VACUUM cannot run inside a transaction
+            cur = raw.cursor()
+            for statement in statements:
+                cur.execute(statement)
+            cur.close()
+        finally:
+            raw.close()
+        return statements
+
     def bulk_insert(
         self,
         conn: sa.Connection,
@@ -147,6 +170,10 @@ class SQLiteDialect(Dialect):
         ``2006-02-15 04:45:30.000000``)."""
         return sa.types.NullType()
 
+    def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
+        """``VACUUM``: the whole file is rebuilt, free pages returned to the file system."""
+        return ["VACUUM"] if tables else []
+
     def column_in(
         self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
     ) -> sa.ColumnElement[bool]:
@@ -196,6 +223,9 @@ class SQLiteDialect(Dialect):
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
+            # deleted rows are overwritten with zeros in the file, not only unlinked
+            # (a per-connection setting: nothing persists in the store)
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
             register_sqlite_sha256(dbapi_conn)  # row digests computed in SQL
 
@@ -209,6 +239,14 @@ class PostgreSQLDialect(Dialect):
     default_port = 5432
     key_chunk = 20_000  # one array parameter, whatever its length
     moves_stored_form = True
+
+    def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
+        """``VACUUM FULL``: each table rewritten without its dead rows (under an exclusive
+        lock while it runs), with no statement timeout: a large table takes a while."""
+        quote = engine.dialect.identifier_preparer.quote
+        if not tables:
+            return []
+        return ["SET statement_timeout = 0", *(f"VACUUM FULL {quote(t)}" for t in tables)]
 
     def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
         """Text, for the types whose Python form is not exact: an ``interval`` of
@@ -291,6 +329,11 @@ class MySQLDialect(Dialect):
     family = "mysql"  # MariaDB too: one server speaks both
     key_chunk = 5000
     default_port = 3306
+
+    def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
+        """``OPTIMIZE TABLE``: InnoDB rebuilds each table without the deleted rows."""
+        quote = engine.dialect.identifier_preparer.quote
+        return [f"OPTIMIZE TABLE {quote(t)}" for t in tables]
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
         """The connection names itself to the server."""

@@ -44,6 +44,7 @@ class RunOptions:
     retries: int = 5
     backoff: float = 0.5
     break_lease: bool = False
+    vacuum: bool = False  # compact the sources' tables after a run that ends done
 
 
 class RunContext:

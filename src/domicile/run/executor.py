@@ -227,6 +227,10 @@ def execute(
                 "them home"
             )
         status = "done" if left == 0 and not pinned else "incomplete"
+        if options.vacuum and status == "done":
+            from domicile.run.compact import compact_sources
+
+            reasons += compact_sources(fleet, plan.moves)
         result = RunResult(
             run_id, status, plan, before, after, ctx.counts, reasons, time.monotonic() - started
         )
