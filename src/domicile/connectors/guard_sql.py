@@ -270,6 +270,21 @@ class GuardSQL:
         for name, _table in triggers:
             self.execute(conn, f"DROP TRIGGER IF EXISTS {self.q(conn, name)}")
 
+    def row_triggers(self, conn: sa.Connection, table: str, body: str) -> list[str]:
+        """``BEFORE INSERT`` and ``BEFORE UPDATE`` triggers on *table* running *body*
+        for each row; their names."""
+        names = []
+        base = trigger_base(table)
+        for event, suffix in (("INSERT", "_i"), ("UPDATE", "_u")):
+            name = base + suffix
+            self.execute(
+                conn,
+                f"CREATE TRIGGER {self.q(conn, name)} BEFORE {event} ON "
+                f"{self.q(conn, table)} FOR EACH ROW {body}",
+            )
+            names.append(name)
+        return names
+
     def execute(self, conn: sa.Connection, sql: str) -> None:
         """Run DDL text as is (no parameter markers are interpreted)."""
         conn.execution_options(no_parameters=True).exec_driver_sql(sql)
@@ -310,17 +325,7 @@ class SQLiteGuard(GuardSQL):
                     f"SELECT RAISE(ABORT, {self.literal(conn, message)}) "
                     f"WHERE EXISTS (SELECT 1 FROM {from_} WHERE {where});"
                 )
-        names = []
-        base = trigger_base(spec.table)
-        for event, suffix in (("INSERT", "_i"), ("UPDATE", "_u")):
-            name = base + suffix
-            self.execute(
-                conn,
-                f"CREATE TRIGGER {self.q(conn, name)} BEFORE {event} ON "
-                f"{self.q(conn, spec.table)} FOR EACH ROW BEGIN {' '.join(body)} END",
-            )
-            names.append(name)
-        return names
+        return self.row_triggers(conn, spec.table, f"BEGIN {' '.join(body)} END")
 
     def installed(self, conn: sa.Connection) -> list[tuple[str, str]]:
         rows = conn.exec_driver_sql(
@@ -432,17 +437,7 @@ class MySQLGuard(GuardSQL):
                 "IF msg IS NOT NULL THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = msg; END IF; "
             )
         body = "BEGIN DECLARE msg VARCHAR(128) DEFAULT NULL; " + "".join(checks) + "END"
-        names = []
-        base = trigger_base(spec.table)
-        for event, suffix in (("INSERT", "_i"), ("UPDATE", "_u")):
-            name = base + suffix
-            self.execute(
-                conn,
-                f"CREATE TRIGGER {self.q(conn, name)} BEFORE {event} ON "
-                f"{self.q(conn, spec.table)} FOR EACH ROW {body}",
-            )
-            names.append(name)
-        return names
+        return self.row_triggers(conn, spec.table, body)
 
     def installed(self, conn: sa.Connection) -> list[tuple[str, str]]:
         rows = conn.exec_driver_sql(
