@@ -51,6 +51,27 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(guard_app, name="guard")
 app.command("watch")(watch_command)
 
+
+@app.callback()
+def _global_options(
+    verbose: int = typer.Option(
+        0, "-v", "--verbose", count=True, help="Log more: -v steps, -vv every batch transition."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log errors only."),
+    log_format: str = typer.Option(
+        "plain", "--log-format", help="Log lines on stderr: plain or json (one object a line)."
+    ),
+) -> None:
+    """Keep every user's personal data at home: census, move and prove data residency."""
+    from domicile.logs import FORMATS, configure
+
+    if log_format not in FORMATS:
+        raise typer.BadParameter(
+            f"{log_format!r} is not one of {', '.join(FORMATS)}", param_hint="--log-format"
+        )
+    configure(verbose, quiet, log_format)
+
+
 ConfigOpt = typer.Option(Path("domicile.yaml"), "-c", "--config", help="The data map.")
 
 

@@ -40,6 +40,7 @@ sources is a conflict (:mod:`domicile.run.conflict`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,8 @@ from domicile.run.journal import IllegalTransition
 if TYPE_CHECKING:
     from domicile.run.journal import BatchRecord, Journal
     from domicile.run.retry import Retry
+
+log = logging.getLogger(__name__)
 
 
 class BatchState(StrEnum):
@@ -115,9 +118,14 @@ def advance(
     try:
         retry.call(step)
     except DomicileError as exc:
+        log.warning("batch %d (%s from %s) failed in %s: %s", batch_id, batch.dataset,
+                    batch.source, side, exc)  # fmt: skip
         _fail(journal, batch, exc, side)
         raise
-    return BatchState(journal.batch(batch_id).state)
+    reached = BatchState(journal.batch(batch_id).state)
+    log.debug("batch %d (%s from %s): %s -> %s", batch_id, batch.dataset, batch.source,
+              state.value, reached.value)  # fmt: skip
+    return reached
 
 
 def settle(
