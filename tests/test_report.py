@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from domicile.audit.log import AuditLog, stored_origin
 from domicile.cli import run_cli
 from domicile.datamap import load_map
@@ -23,17 +24,6 @@ from domicile.report import render_html, report_data, write_report
 from domicile.run.journal import Journal
 from domicile.state import state_engine
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 FIELDS = ("records", "bytes", "violating", "excepted", "conflicts")
 
 

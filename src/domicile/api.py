@@ -29,6 +29,13 @@ from domicile.state import state_engine
 # The run package, the planner and the scanner are imported by the functions
 # that use them: ``domicile check`` needs none of them.
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from domicile.access.gateway import Decision, Gateway
+    from domicile.access.principals import Principal
+    from domicile.access.subjects import HomeAnswer
+    from domicile.access.tickets import Ticket
+    from domicile.access.tokens import JwtSettings
     from domicile.guard import StoreGuard
     from domicile.plan import Plan
     from domicile.run.executor import Progress, RunOptions, RunResult
@@ -46,17 +53,28 @@ __all__ = [
     "StoreCheck",
     "VerifyResult",
     "abandon",
+    "access_check",
+    "add_principal",
+    "add_ticket",
     "check",
+    "gateway",
     "guard_install",
     "guard_remove",
     "guard_status",
     "journal",
+    "latest_census",
     "load",
     "plan",
     "prepare",
+    "principals",
+    "remove_principal",
+    "revoke_ticket",
+    "route",
     "run",
     "scan",
     "status",
+    "subject_home",
+    "tickets",
     "verify",
     "watch",
 ]
@@ -138,12 +156,19 @@ def check(config: MapLike, on_store: Callable[[StoreCheck], None] | None = None)
 
 
 def scan(config: MapLike) -> Census:
-    """The census: where each jurisdiction's records sit, and which break the rule."""
+    """The census: where each jurisdiction's records sit, and which break the rule.
+
+    The census is stored in the state store (:func:`domicile.census_store.save_census`),
+    where ``serve`` reads the latest.
+    """
+    from domicile.census_store import save_census
     from domicile.scan import scan as _scan
 
     m = load(config)
     with Fleet(m) as fleet:
-        return _scan(fleet)
+        census = _scan(fleet)
+    save_census(m, census)
+    return census
 
 
 def plan(
@@ -375,3 +400,137 @@ def watch(
     from domicile.watch import watch as _watch
 
     return _watch(load(config), options or WatchOptions(), on_round=on_round)
+
+
+# -- serving and access: `domicile serve`, `principals`, `access` ------------------
+
+
+def latest_census(config: MapLike) -> tuple[dict[str, Any], datetime] | None:
+    """The newest stored census (from ``scan`` or ``watch``) and when it was taken."""
+    from domicile.census_store import latest_census as _latest
+
+    return _latest(load(config))
+
+
+def route(config: MapLike, country: str) -> HomeAnswer:
+    """Where a new subject of *country* must write: status, jurisdiction, home per dataset."""
+    from domicile.access.subjects import route as _route
+
+    return _route(load(config), country)
+
+
+def subject_home(config: MapLike, subject_id: str) -> HomeAnswer:
+    """Where subject *subject_id*'s data goes, from the directory (NotFound if it has none)."""
+    from domicile.access.subjects import subject_home as _home
+
+    with Fleet(load(config)) as fleet:
+        return _home(fleet, subject_id)[1]
+
+
+def add_principal(
+    config: MapLike,
+    name: str,
+    role: str,
+    *,
+    employer: str | None = None,
+    country: str | None = None,
+) -> tuple[Principal, str]:
+    """Add a principal to the principals file; its token is returned once and never stored."""
+    from domicile.access.principals import add_principal as _add
+
+    return _add(load(config).path, name, role, employer=employer, country=country)
+
+
+def remove_principal(config: MapLike, name: str) -> None:
+    """Remove a principal: its token stops working at once."""
+    from domicile.access.principals import remove_principal as _remove
+
+    _remove(load(config).path, name)
+
+
+def principals(config: MapLike) -> list[Principal]:
+    """The principals of the principals file."""
+    from domicile.access.principals import list_principals
+
+    return list_principals(load(config).path)
+
+
+def add_ticket(
+    config: MapLike,
+    *,
+    principal: str,
+    approver: str,
+    reason: str,
+    expires: datetime,
+    datasets: Sequence[str] = (),
+    jurisdictions: Sequence[str] = (),
+    subjects: Sequence[str] = (),
+) -> Ticket:
+    """Issue an exception ticket held server-side (subjects stored as keyed hashes)."""
+    from domicile.access.principals import check_name
+    from domicile.access.subjects import parse_subject_id, record_dataset
+    from domicile.access.tickets import add_ticket as _add
+    from domicile.keys import keyed_hash
+    from domicile.run.audit_events import deployment_key
+
+    m = load(config)
+    for d in datasets:
+        record_dataset(m, d)
+    for j in jurisdictions:
+        if j not in m.jurisdictions:
+            raise ConfigError(f"unknown jurisdiction {j!r}", hint=", ".join(m.jurisdictions))
+    hashes: list[str] = []
+    if subjects:
+        key = deployment_key(m)
+        with Fleet(m) as fleet:
+            hashes = [keyed_hash(key, f"subject:{parse_subject_id(fleet, s)}") for s in subjects]
+    return _add(
+        m.path,
+        principal=check_name(principal),
+        approver=approver,
+        reason=reason,
+        expires=expires,
+        datasets=datasets,
+        jurisdictions=jurisdictions,
+        subject_hashes=hashes,
+    )
+
+
+def tickets(config: MapLike) -> list[Ticket]:
+    """Every exception ticket, oldest first."""
+    from domicile.access.tickets import list_tickets
+
+    return list_tickets(load(config).path)
+
+
+def revoke_ticket(config: MapLike, ticket_id: str) -> Ticket:
+    """Revoke a ticket: it stops counting at once."""
+    from domicile.access.tickets import revoke_ticket as _revoke
+
+    return _revoke(load(config).path, ticket_id)
+
+
+def gateway(config: MapLike, *, jwt: JwtSettings | None = None, pool_size: int = 5) -> Gateway:
+    """The custodian gateway (policies validated, stores and audit log opened); close() it."""
+    from domicile.access.gateway import Gateway
+
+    return Gateway(load(config), jwt=jwt, pool_size=pool_size)
+
+
+def access_check(
+    config: MapLike, principal: str, subject: str, dataset: str, ticket: str | None = None
+) -> Decision:
+    """The policy's decision for a named principal of the principals file, logged like a request."""
+    from domicile.access.gateway import Gateway
+
+    m = load(config)
+    g = Gateway(m)
+    try:
+        who = g.principals.by_name(principal)
+        if who is None:
+            raise ConfigError(
+                f"no principal named {principal!r}", hint="`domicile principals list` shows them"
+            )
+        return g.decide_records(who, subject, dataset, ticket, endpoint="domicile access check")
+    finally:
+        g.close()

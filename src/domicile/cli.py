@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from domicile.access.cli import access_app, principals_app
 from domicile.audit.cli import audit_app, keys_app
 from domicile.defaults import DEFAULT_BATCH_SIZE
 from domicile.errors import (
@@ -30,6 +31,7 @@ from domicile.errors import (
 )
 from domicile.guard_cli import guard_app
 from domicile.guard_cli import watch as watch_command
+from domicile.service.cli import serve_command
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,6 +52,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(guard_app, name="guard")
 app.command("watch")(watch_command)
+app.add_typer(principals_app, name="principals")
+app.add_typer(access_app, name="access")
+app.command("serve")(serve_command)
 
 
 @app.callback()

@@ -60,7 +60,7 @@ class KeyFiles:
     verifier_key: str
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write *data* readable by the owner only, replacing *path* atomically.
 
     mkstemp creates the file with mode 0600 before a byte is written, so the
@@ -113,8 +113,8 @@ def init_keys(directory: Path, *, name: str = DEFAULT_KEY_NAME, force: bool = Fa
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_private(files.private_key, pem)
-        _write_private(files.hmac_key, secrets.token_bytes(HMAC_KEY_SIZE).hex().encode() + b"\n")
+        write_private(files.private_key, pem)
+        write_private(files.hmac_key, secrets.token_bytes(HMAC_KEY_SIZE).hex().encode() + b"\n")
         verifier_key = signer.verifier_key()
         files.public_key.write_text(verifier_key + "\n", encoding="utf-8")
     except OSError as exc:

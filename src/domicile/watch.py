@@ -149,13 +149,9 @@ class _Stopped(BaseException):
 
 
 def _store_census(m: DataMap, census: Any) -> bool:
-    try:
-        from domicile.census_store import save_census
-    except ModuleNotFoundError as exc:
-        if exc.name != "domicile.census_store":
-            raise
-        log.warning("domicile.census_store is not available: this round's census is not stored")
-        return False
+    """Store the round's census (``domicile serve`` shows the latest)."""
+    from domicile.census_store import save_census
+
     save_census(m, census)
     return True
 
