@@ -31,10 +31,21 @@ def serve_command(
     workers: int = typer.Option(
         16, "--threads", min=1, max=256, help="Threads answering requests (store connections)."
     ),
+    watch: str | None = typer.Option(
+        None, "--watch", help="Run the drift watch beside the service, every 10m (30s, 1h...)."
+    ),
+    webhook: str | None = typer.Option(
+        None, "--webhook", help="With --watch: POST new violations here as JSON."
+    ),
 ) -> None:
     """Serve routing answers, the custodian gateway, /metrics and the dashboard."""
+    from domicile.errors import ConfigError
     from domicile.service.server import serve
+    from domicile.watch import parse_every
 
+    if webhook is not None and watch is None:
+        raise ConfigError("--webhook needs --watch", hint="add --watch 10m (or another interval)")
+    every = parse_every(watch) if watch is not None else None
     serve(
         config,
         host=host,
@@ -44,4 +55,6 @@ def serve_command(
         jwt_audience=jwt_audience,
         jwt_issuer=jwt_issuer,
         threads=workers,
+        watch_every=every,
+        webhook=webhook,
     )

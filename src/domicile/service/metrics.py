@@ -93,6 +93,40 @@ class _StateCollector(Collector):
             total = sum(states.values())
             progress.add_metric([run_id], (states.get("done", 0) / total) if total else 0.0)
         yield from (violating, conflicts, records, taken, batches, progress)
+        yield from _watch_families()
+
+
+def _watch_families() -> Iterable[Metric]:
+    """The last round of a drift watch running in this process (``serve --watch``)."""
+    from domicile.watch import last_round
+
+    last = last_round()
+    if last is None:
+        return
+    families = {
+        "domicile_watch_round": ("The number of the watch's last finished round.", last.round),
+        "domicile_watch_round_timestamp_seconds": (
+            "When the watch's last round started.",
+            last.started_at.timestamp(),
+        ),
+        "domicile_watch_round_seconds": ("How long the last round's census took.", last.seconds),
+        "domicile_watch_violating_records": (
+            "Violating records the last watch round found.",
+            last.violations,
+        ),
+        "domicile_watch_new_violation_cells": (
+            "Cells (jurisdiction, store, dataset) whose violations grew in the last round.",
+            len(last.new),
+        ),
+        "domicile_watch_round_failed": (
+            "1 when the last round's census failed (a store down), else 0.",
+            1 if last.error else 0,
+        ),
+    }
+    for name, (text, value) in families.items():
+        family = GaugeMetricFamily(name, text)
+        family.add_metric([], float(value))
+        yield family
 
 
 class Metrics:

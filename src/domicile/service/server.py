@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,8 +63,11 @@ def serve(
     jwt_audience: str | None,
     jwt_issuer: str | None,
     threads: int,
+    watch_every: float | None = None,
+    webhook: str | None = None,
 ) -> None:
-    """Run the service in the foreground."""
+    """Run the service in the foreground; with *watch_every*, a drift watch beside it
+    (its rounds on ``/metrics``; stopped with the service)."""
     import anyio.to_thread
     import uvicorn
 
@@ -113,7 +117,21 @@ def serve(
         await limit_threads()
         await server.serve()
 
+    stop = threading.Event()
+    watcher = None
+    if watch_every is not None:
+        from domicile import api
+        from domicile.watch import WatchOptions
+
+        options = WatchOptions(every=watch_every, webhook=webhook, stop=stop)
+        watcher = threading.Thread(
+            target=api.watch, args=(config, options), name="domicile-watch", daemon=True
+        )
+        watcher.start()
     try:
         asyncio.run(main())
     finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(timeout=30)  # a census in progress ends at its next store query
         service.close()
