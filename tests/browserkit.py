@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -15,3 +18,12 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"  # screenshots CI keeps
+
+
+def require_chromium() -> None:
+    """Skip where Debian's chromium is not installed; in CI its absence is a failure."""
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests")
+    pytest.skip("Debian's chromium package is not installed (apt-get install chromium)")

@@ -8,7 +8,6 @@ denial; the screenshot is saved as artifacts/dashboard.png.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 import servekit
-from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
 from domicile import api
 from domicile.demo import build_demo
 
@@ -51,10 +50,7 @@ def test_the_page_has_every_section(dashboard):
 
 @pytest.mark.browser
 def test_the_dashboard_in_a_browser(dashboard):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests")
-        pytest.skip("Debian's chromium package is not installed (apt-get install chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     url, _ = dashboard

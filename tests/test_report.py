@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from browserkit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
 from domicile.audit.log import AuditLog, stored_origin
 from domicile.cli import run_cli
 from domicile.datamap import load_map
@@ -199,10 +198,7 @@ def test_write_report(fleet: FinishedRun, tmp_path: Path) -> None:
 
 @pytest.mark.browser
 def test_the_report_in_a_browser(fleet: FinishedRun, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests")
-        pytest.skip("Debian's chromium package is not installed (apt-get install chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     report = write_report(tmp_path / "report.html", fleet.data)

@@ -99,8 +99,8 @@ def route(m: DataMap, country: str) -> HomeAnswer:
 def _id_is_integer(fleet: Fleet) -> bool:
     try:
         return issubclass(fleet.subject_id_column().type.python_type, int)
-    except NotImplementedError:
-        return False
+    except NotImplementedError:  # SQLAlchemy's answer for a type with no Python type
+        return False  # (an untyped SQLite column): ids are then matched as given
 
 
 def parse_subject_id(fleet: Fleet, text: str) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -91,8 +92,9 @@ def trigger_base(table: str) -> str:
     return f"{PREFIX}{stem}_{hashlib.sha256(table.encode()).hexdigest()[:8]}"
 
 
-class GuardSQL:
-    """The guard's SQL for one engine family; subclasses say what differs."""
+class GuardSQL(ABC):
+    """The guard's SQL for one engine family; each engine's subclass gives what differs
+    (the abstract methods: the stored form of an id, and the triggers)."""
 
     family: ClassVar[str] = "generic"
     hashes: ClassVar[bool] = True
@@ -139,9 +141,9 @@ class GuardSQL:
 
     # -- SQL fragments --------------------------------------------------------
 
+    @abstractmethod
     def hash_sql(self, expr: str, salt: str) -> str:
         """SQL for the stored form of the subject id *expr*."""
-        raise NotImplementedError
 
     def text_sql(self, expr: str) -> str:
         """SQL for *expr* cast to text."""
@@ -257,13 +259,13 @@ class GuardSQL:
 
     # -- triggers -------------------------------------------------------------
 
+    @abstractmethod
     def install(self, conn: sa.Connection, spec: TableGuard, salt: str) -> list[str]:
         """Create *spec.table*'s triggers; the names created."""
-        raise NotImplementedError
 
+    @abstractmethod
     def installed(self, conn: sa.Connection) -> list[tuple[str, str]]:
         """(trigger, table) of every guard trigger in this store."""
-        raise NotImplementedError
 
     def drop(self, conn: sa.Connection, triggers: Sequence[tuple[str, str]]) -> None:
         """Drop the guard triggers *triggers* (as listed by :meth:`installed`)."""
