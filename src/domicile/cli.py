@@ -213,7 +213,19 @@ def run(
     jurisdiction: list[str] | None = JurisOpt,
     resume: str | None = typer.Option(None, "--resume", help="Resume this unfinished run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Sources moved in parallel."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Parts moved in parallel: threads (local) or LocalCluster processes (dask); "
+        "a large table's key space is split among them.",
+    ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="Where parts run: local (threads), dask (a LocalCluster on this machine) or "
+        "tcp://host:8786 (an existing Dask scheduler).",
+    ),
     max_rows_per_second: float | None = typer.Option(
         None, "--max-rows-per-second", min=1, help="Protect production stores: a rate cap."
     ),
@@ -242,6 +254,7 @@ def run(
     from domicile.run.audit_events import RunAudit
     from domicile.run.executor import RunOptions, plan_for
     from domicile.run.executor import abandon as abandon_run
+    from domicile.run.executors import parse_executor
 
     m = load_map(config)
     console = _console()
@@ -266,6 +279,7 @@ def run(
         retries=retries,
         break_lease=break_lease,
         vacuum=vacuum,
+        executor=parse_executor(executor),
     )
     result = _execute(console, m, journal, options, resume)
     print_census(console, m, result.after, title=f"Census after run {result.run_id}")

@@ -24,11 +24,23 @@ class DomicileError(Exception):
         self.where = where
         self.hint = hint
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # whatever a subclass's __init__ takes: an error raised on a Dask worker
+        # arrives at the coordinator as the same class with the same fields
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+def _rebuild(cls: type[DomicileError], message: str, state: dict[str, object]) -> DomicileError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class Transient:

@@ -10,7 +10,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -21,14 +21,23 @@ from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
 from domicile.placement import home_store
 from domicile.plan import Plan, order_datasets
+from domicile.run.executors import Executor, LocalExecutor
 from domicile.run.journal import BatchRecord, Journal
-from domicile.run.lease import Lease
 from domicile.run.references import Catalog
 from domicile.run.retry import Retry, Throttle
 from domicile.run.stop import StopFlag
 from domicile.scan import Directory
 
 Progress = Callable[[str, str, int], None]  # (event, dataset, rows)
+
+
+class LeaseCheck(Protocol):
+    """The run's lease as a step sees it: :meth:`check` raises once it is lost."""
+
+    def check(self) -> None:
+        """Raise :class:`~domicile.run.lease.LeaseLost` if the lease is gone."""
+
+
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -45,6 +54,7 @@ class RunOptions:
     backoff: float = 0.5
     break_lease: bool = False
     vacuum: bool = False  # compact the sources' tables after a run that ends done
+    executor: str = "local"  # local | dask | tcp://scheduler:8786
 
 
 class RunContext:
@@ -73,7 +83,8 @@ class RunContext:
         self.retry = Retry(options.retries, options.backoff)
         self.throttle = Throttle(options.max_rows_per_second)
         self.stop = StopFlag()
-        self.lease: Lease | None = None  # the run's lease: checked before every delete
+        self.lease: LeaseCheck | None = None  # the run's lease: checked before every delete
+        self.executor: Executor = LocalExecutor(options.workers)
         self._events = events
         self._progress = progress
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from domicile.run.audit_events import RunAudit, deployment_key
 from domicile.run.batch import Mover
 from domicile.run.context import Progress, RunContext, RunOptions, preflight
 from domicile.run.depends import changed, depends_of
+from domicile.run.executors import make_executor
 from domicile.run.home_blobs import HomeBlobMover
 from domicile.run.home_schema import advance_home, check_homes, home_needs
 from domicile.run.journal import Journal, RunRecord
@@ -110,6 +112,7 @@ def execute(
         acquire_lease(journal.engine, run_id=resume, break_lease=options.break_lease) as lease,
         Fleet(m, pool_size=max(5, options.workers + 2)) as fleet,
         StopFlag() as stop,
+        ExitStack() as stack,
     ):
         record = _run_to_resume(journal, resume, confirm_resume)
         if record is not None:
@@ -132,6 +135,9 @@ def execute(
         ctx.stop = stop
         ctx.lease = lease
         preflight(ctx)  # refuse a missing column or create home tables before any run starts
+        ctx.executor = stack.enter_context(
+            closing(make_executor(options.executor, options.workers, m))
+        )
         if resume is not None:
             run_id = resume
             journal.reopen(run_id)

@@ -26,13 +26,15 @@ import hmac
 import json
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 
 from domicile.errors import ConfigError
 from domicile.run import hooks
+from domicile.run.fence import Fence
 from domicile.run.journal_pack import (
     Unpacked,
     fingerprint,
@@ -52,15 +54,13 @@ from domicile.run.journal_records import (
     IllegalTransition,
     JournalTampered,
     RunRecord,
-    add_columns,
     batch_mac,
     batch_rows,
     batches,
     key_text,
     key_values,
-    md,
-    meta,
     now,
+    prepare_schema,
     rows_fingerprint,
     runs,
     state_connection,
@@ -92,47 +92,30 @@ class Journal:
     opened without it can be read (status, report) but not written.
     """
 
-    def __init__(self, engine: sa.Engine, mac_key: bytes | None = None):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        mac_key: bytes | None = None,
+        *,
+        fence: Fence | None = None,
+        prepare: bool = True,
+    ):
         self.engine = engine
         self._lock = threading.Lock()
         self._mac_key = mac_key
         self._unpacked = Unpacked()  # a batch's rows are read at each step
         # batch id -> (MAC, source, rows by key text) as read and checked by this process
         self._index: dict[int, tuple[str, str, dict[str, BatchRow]]] = {}
-        with state_errors(engine, "opening the journal"):
-            self._prepare_schema()
+        self._fence = fence
+        if prepare:
+            with state_errors(engine, "opening the journal"):
+                prepare_schema(engine)
 
     def set_key(self, mac_key: bytes) -> None:
         """Use *mac_key* to seal and check batches from now on."""
         self._mac_key = mac_key
 
     # -- schema ---------------------------------------------------------------
-
-    def _prepare_schema(self) -> None:
-        insp = sa.inspect(self.engine)
-        had_runs = insp.has_table(runs.name)
-        had_meta = insp.has_table(meta.name)
-        version = 1 if had_runs else SCHEMA_VERSION
-        if had_meta:
-            with self.engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(meta.c.value).where(meta.c.name == "schema_version")
-                ).first()
-            if row is not None:
-                version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"the state store was written by a newer domicile (journal schema {version}; "
-                f"this one knows up to {SCHEMA_VERSION})",
-                where=f"state store {self.engine.url.render_as_string(hide_password=True)}",
-                hint="upgrade domicile on this machine, or point state: at another store",
-            )
-        md.create_all(self.engine)
-        add_columns(self.engine, version)
-        if version != SCHEMA_VERSION or not had_meta:
-            with self.engine.begin() as conn:
-                conn.execute(meta.delete().where(meta.c.name == "schema_version"))
-                conn.execute(meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
 
     # -- runs ---------------------------------------------------------------
 
@@ -593,5 +576,9 @@ class Journal:
     def _connect(self, doing: str) -> Any:
         return state_connection(self.engine, doing, begin=False)
 
-    def _begin(self, doing: str) -> Any:
-        return state_connection(self.engine, doing, begin=True)
+    @contextmanager
+    def _begin(self, doing: str) -> Iterator[sa.Connection]:
+        with state_connection(self.engine, doing, begin=True) as conn:
+            if self._fence is not None:  # a worker's attempt at a part: still its own?
+                self._fence.check(conn)
+            yield conn

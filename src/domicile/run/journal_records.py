@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from domicile.errors import AuditIntegrityError, DomicileError, StateStoreError
+from domicile.errors import AuditIntegrityError, ConfigError, DomicileError, StateStoreError
 
 STATES = ("copying", "copied", "verified", "deleting", "done", "failed")
 """A batch is journalled straight into ``copying``, with its keys and digests."""
@@ -31,10 +31,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "done": frozenset(),
 }
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first release (no MACs, no run dependencies); 2: batch MACs, the
 map's dependencies per run, the meta table; 3: a batch's rows packed into its
-own record (:mod:`domicile.run.journal_pack`) instead of a row per record."""
+own record (:mod:`domicile.run.journal_pack`) instead of a row per record;
+4: key-range parts of a (dataset, source) with their fencing tokens
+(:mod:`domicile.run.parts`)."""
 
 md = sa.MetaData()
 meta = sa.Table(
@@ -85,6 +87,26 @@ batches = sa.Table(
     sa.Column("row_notes", sa.Text),
     sa.Index("ix_domicile_batches_run", "run_id", "dataset", "source", "pass_no", "seq"),
 )
+# schema 4: one large table's key space split into parts that workers move in
+# parallel; a part's batches are numbered from part_no * PART_SEQ
+parts = sa.Table(
+    "domicile_parts",
+    md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("domicile_runs.id"), nullable=False),
+    sa.Column("dataset", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("pass_no", sa.Integer, nullable=False),
+    sa.Column("part_no", sa.Integer, nullable=False),
+    sa.Column("lo", sa.Text),  # JSON key, exclusive; NULL = from the start
+    sa.Column("hi", sa.Text),  # JSON key, inclusive; NULL = to the end
+    # the fencing token: raised by every attempt that claims the part; a journal
+    # write of an attempt whose token is no longer the part's is refused
+    sa.Column("token", sa.Integer, nullable=False, default=0),
+    sa.Column("holder", sa.String(200)),  # who claimed it last (a worker's address)
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_domicile_parts_run", "run_id", "dataset", "source", "pass_no", "part_no"),
+)
 # schema 2 kept a row here per record; read for batches of that schema only
 batch_rows = sa.Table(
     "domicile_batch_rows",
@@ -103,6 +125,34 @@ batch_rows = sa.Table(
     sa.Column("blob", sa.Text),
     sa.Index("ix_domicile_batch_rows_key", "dataset", "key"),
 )
+
+
+def prepare_schema(engine: sa.Engine) -> None:
+    """Create the journal's tables, or bring an older schema up to :data:`SCHEMA_VERSION`."""
+    insp = sa.inspect(engine)
+    had_runs = insp.has_table(runs.name)
+    had_meta = insp.has_table(meta.name)
+    version = 1 if had_runs else SCHEMA_VERSION
+    if had_meta:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(meta.c.value).where(meta.c.name == "schema_version")
+            ).first()
+        if row is not None:
+            version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"the state store was written by a newer domicile (journal schema {version}; "
+            f"this one knows up to {SCHEMA_VERSION})",
+            where=f"state store {engine.url.render_as_string(hide_password=True)}",
+            hint="upgrade domicile on this machine, or point state: at another store",
+        )
+    md.create_all(engine)
+    add_columns(engine, version)
+    if version != SCHEMA_VERSION or not had_meta:
+        with engine.begin() as conn:
+            conn.execute(meta.delete().where(meta.c.name == "schema_version"))
+            conn.execute(meta.insert().values(name="schema_version", value=str(SCHEMA_VERSION)))
 
 
 def add_columns(engine: sa.Engine, version: int) -> None:

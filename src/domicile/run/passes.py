@@ -19,32 +19,40 @@ from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.run.batch import Mover
 from domicile.run.context import RunContext
+from domicile.run.executors import PartFn, Work
 from domicile.run.home_blobs import HomeBlobMover, staying_blobs
 from domicile.run.journal import BatchRecord, BatchRow
 from domicile.run.objects_move import ObjectMover
+from domicile.run.parts import PARTS_PER_WORKER, Part, journalled, parts_for
 from domicile.run.protocol import BatchState, Payload, settle
 
 
-def _copy_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> None:
+def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
+    """Journal, copy and verify the moving rows of one part, batch after batch.
+
+    A resume first finishes the copy of the batches this part journalled,
+    then reads on after the last of them, up to the part's end.
+    """
     mover = Mover(ctx, ds, source)
     journal = ctx.journal
     batches = journal.batches(ctx.run_id, ds.name, source.store.name)
-    current = [b for b in batches if b.pass_no == pass_no]
-    for b in current:  # a resume: finish the copy of what this pass journalled
+    current = [b for b in batches if part.holds(b)]
+    for b in current:  # a resume: finish the copy of what this part journalled
         ctx.stop.check()
         settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
-    after = current[-1].hi if current else None
-    seq = current[-1].seq + 1 if current else 1
+    after = current[-1].hi if current else part.lo
+    seq = current[-1].seq + 1 if current else part.first_seq
     while True:
         ctx.stop.check()
-        page = ctx.retry.call(partial(mover.read, after, ctx.options.batch_size))
+        page = ctx.retry.call(partial(mover.read, after, ctx.options.batch_size, part.hi))
         if page.rows:
             rows = [
                 BatchRow(c.key, c.digest, c.targets, None, c.home_digest, c.blob) for c in page.rows
             ]
             batch_id = journal.add_batch(
-                ctx.run_id, ds.name, source.store.name, pass_no, seq, page.lo, page.hi or (), rows
-            )
+                ctx.run_id, ds.name, source.store.name, part.pass_no, seq, page.lo,
+                page.hi or (), rows,
+            )  # fmt: skip
             seq += 1
             values = {c.key: c.values for c in page.rows}
             settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED, values=values)
@@ -55,16 +63,24 @@ def _copy_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> 
         after = page.hi
 
 
-def _delete_pair(ctx: RunContext, ds: Dataset, source: Location, pass_no: int) -> None:
+def delete_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
+    """Compare-and-delete at the source every verified batch of one part."""
     mover = Mover(ctx, ds, source)
-    _delete_batches(ctx, mover, ds.name, source.store.name, pass_no)
+    _delete_batches(ctx, mover, ds.name, source.store.name, part.pass_no, part)
 
 
 def _delete_batches(
-    ctx: RunContext, payload: Payload, dataset: str, source: str, pass_no: int
+    ctx: RunContext,
+    payload: Payload,
+    dataset: str,
+    source: str,
+    pass_no: int,
+    part: Part | None = None,
 ) -> None:
     for b in ctx.journal.batches(ctx.run_id, dataset, source):
         if b.pass_no != pass_no or b.state == BatchState.DONE:
+            continue
+        if part is not None and not part.holds(b):
             continue
         ctx.stop.check()
         ctx.check_lease()  # a run that lost its lease (broken by an operator) deletes nothing
@@ -94,6 +110,7 @@ def _pairs(ctx: RunContext, dataset: str) -> list[tuple[Dataset, Location]]:
 
 
 def _parallel(ctx: RunContext, fn: Callable[..., None], pairs: list[Any], pass_no: int) -> None:
+    """Object datasets: one (dataset, store) per thread of this process."""
     if ctx.options.workers <= 1 or len(pairs) <= 1:
         for ds, loc in pairs:
             fn(ctx, ds, loc, pass_no)
@@ -102,6 +119,45 @@ def _parallel(ctx: RunContext, fn: Callable[..., None], pairs: list[Any], pass_n
         futures = [pool.submit(fn, ctx, ds, loc, pass_no) for ds, loc in pairs]
         for f in futures:
             f.result()
+
+
+def _copy_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
+    """The parts to copy of every source of *dataset*: split now, or as journalled."""
+    executor = ctx.executor
+    wanted = executor.workers * PARTS_PER_WORKER if executor.workers > 1 else 1
+    out: list[Work] = []
+    for ds, loc in _pairs(ctx, dataset):
+        for part in parts_for(
+            ctx.journal, ctx.run_id, loc, ds.name, pass_no,
+            wanted=wanted, batch_size=ctx.options.batch_size, fenced=executor.fenced,
+        ):  # fmt: skip
+            out.append((ds, loc, part))
+    return out
+
+
+def _delete_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
+    """The parts of *dataset* this pass journalled (the implicit one where none)."""
+    out: list[Work] = []
+    for ds, loc in _pairs(ctx, dataset):
+        found = journalled(ctx.journal, ctx.run_id, ds.name, loc.store.name, pass_no)
+        for part in found or [Part(ds.name, loc.store.name, pass_no)]:
+            out.append((ds, loc, part))
+    return out
+
+
+def _run(ctx: RunContext, phase: str, fn: PartFn, work: list[Work]) -> None:
+    """Run the parts on the run's executor.
+
+    A part run in another process needs a journal row to claim: an implicit
+    part (batches journalled by a run started with the local executor) runs
+    here instead.
+    """
+    if ctx.executor.fenced:
+        for ds, loc, part in [w for w in work if w[2].id is None]:
+            fn(ctx, ds, loc, part)
+        work = [w for w in work if w[2].id is not None]
+    if work:
+        ctx.executor.run(ctx, phase, fn, work)
 
 
 def _object_pairs(ctx: RunContext) -> list[tuple[Dataset, ObjectStore]]:
@@ -205,14 +261,14 @@ def run_pass(ctx: RunContext, pass_no: int) -> None:
     for ds in blob_datasets:
         _copy_home_blobs(ctx, ds, pass_no)
     for dataset in ctx.order:
-        pairs = _pairs(ctx, dataset)
-        if pairs:
-            _parallel(ctx, _copy_pair, pairs, pass_no)
+        work = _copy_parts(ctx, dataset, pass_no)
+        if work:
+            _run(ctx, "copy", copy_part, work)
             ctx.journal.mark("dataset-done")
     objects = _object_pairs(ctx)
     _parallel(ctx, _copy_objects, objects, pass_no)
     _parallel(ctx, _delete_objects, objects, pass_no)
     for dataset in reversed(ctx.order):
-        _parallel(ctx, _delete_pair, _pairs(ctx, dataset), pass_no)
+        _run(ctx, "delete", delete_part, _delete_parts(ctx, dataset, pass_no))
     for ds in reversed(blob_datasets):
         _delete_home_blobs(ctx, ds, pass_no)

@@ -23,7 +23,7 @@ from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.placement import classify, home_store, targets
 from domicile.run.blob_copy import BlobMover
-from domicile.run.rows import digest_hex, key_after, key_columns, key_of
+from domicile.run.rows import digest_hex, key_after, key_columns, key_of, key_within
 from domicile.scan import annotate, matched_waivers, owner_countries
 
 if TYPE_CHECKING:
@@ -79,8 +79,10 @@ class RowReader:
 
     # -- reading ---------------------------------------------------------------
 
-    def read(self, after: tuple[Any, ...] | None, want: int) -> Page:
-        """Read pages after *after* until *want* moving rows or the end.
+    def read(
+        self, after: tuple[Any, ...] | None, want: int, until: tuple[Any, ...] | None = None
+    ) -> Page:
+        """Read pages after *after* until *want* moving rows or the end (or key *until*).
 
         An owner path whose target is not unique in the data (two customers
         sharing one address) joins one record to several owners: the joined
@@ -111,6 +113,8 @@ class RowReader:
             q = sa.select(*cols).select_from(self.annotated.from_)
             if after is not None:
                 q = q.where(key_after(table, self.key, after))
+            if until is not None:  # the end of this worker's part of the key space
+                q = q.where(key_within(table, self.key, until))
             q = q.order_by(*key_columns(table, self.key)).limit(page_size)
             with self.source.store.connect(f"reading {self.ds.name}") as conn:
                 try:

@@ -34,6 +34,7 @@ __all__ = [
     "key_in",
     "key_in_for",
     "key_of",
+    "key_within",
     "normalize_key",
     "normalize_keys",
     "same_kinds",
@@ -51,6 +52,11 @@ def key_after(table: sa.Table, key: Sequence[str], after: Sequence[Any]) -> sa.C
     if len(cols) == 1:
         return cols[0] > after[0]
     return sa.tuple_(*cols) > sa.tuple_(*[sa.literal(v) for v in after])
+
+
+def key_within(table: sa.Table, key: Sequence[str], hi: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``key <= hi``: a part's upper bound (row-value comparison for composite keys)."""
+    return sa.not_(key_after(table, key, hi))
 
 
 def normalize_key(table: sa.Table, key: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:

@@ -1,0 +1,196 @@
+"""The Dask executor: the parts of a pass as tasks on a cluster's workers.
+
+The coordinator (this process) keeps the run lease and the audit log: the
+workers send their audit events and progress through a Dask queue, which a
+thread here drains into the audit log and the progress bars while the tasks
+run.  A worker lost mid-part is replaced by Dask, which runs the task again
+elsewhere; the new attempt claims the part (a new fencing token, so the lost
+one can write nothing more) and resumes it from the journal like any resume.
+A stop asked for here (SIGINT/SIGTERM) is passed to the workers through a
+Dask event, honoured between batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from domicile.errors import ConfigError, DomicileError, Interrupted, Transient
+from domicile.run.audit_events import deployment_key
+from domicile.run.worker import PartTask, per_worker, run_part
+
+if TYPE_CHECKING:
+    from domicile.model import DataMap
+    from domicile.run.context import RunContext
+    from domicile.run.executors import PartFn, Work
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between looks at the event queue and the stop flag
+
+
+class WorkerLost(DomicileError, Transient):
+    """Dask gave up on a part after its workers died too often."""
+
+    exit_code = 4
+
+
+class DaskExecutor:
+    """Parts run as Dask tasks, on a LocalCluster started here or an existing scheduler."""
+
+    fenced = True
+
+    def __init__(self, m: DataMap, address: str | None, workers: int, **cluster: Any):
+        from distributed import Client, LocalCluster
+
+        self.map = m
+        self.address = address
+        self._cluster = None
+        if address is None:
+            self._cluster = LocalCluster(
+                n_workers=max(1, workers),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                **cluster,
+            )
+            self.client = Client(self._cluster)
+        else:
+            refuse_local_state(m, address)
+            try:
+                self.client = Client(address, timeout="10s")
+                self.client.wait_for_workers(1, timeout=30)
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(
+                    f"cannot use the Dask scheduler at {address}: {exc}",
+                    where="--executor",
+                    hint="start the scheduler and at least one worker (dask scheduler; "
+                    "dask worker ADDRESS), or use --executor local",
+                ) from exc
+        self.workers = max(1, len(self.client.scheduler_info()["workers"]))
+        self._map_sha = hashlib.sha256(m.path.read_bytes()).hexdigest()
+        self._key_sha = hashlib.sha256(deployment_key(m)).hexdigest()
+        self._stop = f"domicile-stop-{uuid.uuid4().hex}"
+        log.info(
+            "dask executor: %s, %d workers",
+            address or "a LocalCluster on this machine",
+            self.workers,
+        )
+
+    def run(self, ctx: RunContext, phase: str, fn: PartFn, work: Sequence[Work]) -> None:
+        """Submit one task per part, relay events and progress, raise the first failure."""
+        from distributed import Event, Queue
+
+        if not work:
+            return
+        holder = ctx.lease.holder.holder_id if ctx.lease is not None else None  # type: ignore[attr-defined]
+        queue_name = f"domicile-events-{uuid.uuid4().hex}"
+        queue = Queue(queue_name, client=self.client)
+        options = per_worker(ctx.options, self.workers)
+        path = str(self.map.path.resolve())
+        tasks = [
+            PartTask(
+                path,
+                self._map_sha,
+                self._key_sha,
+                ctx.run_id,
+                ctx.plan,
+                options,
+                phase,
+                part,
+                holder or "",
+                queue_name,
+                self._stop,
+            )
+            for _, _, part in work
+        ]
+        futures = self.client.map(run_part, tasks, pure=False)
+        stop = Event(self._stop, client=self.client)
+        stopping = False
+        pending = list(futures)
+        while pending:
+            time.sleep(POLL)
+            pending = [f for f in pending if not f.done()]
+            self._relay(ctx, queue)
+            if not stopping and (ctx.stop.is_set or _lease_lost(ctx)):
+                stop.set()  # the workers finish their current step and stop
+                stopping = True
+        self._relay(ctx, queue)
+        failures = [f for f in futures if f.status == "error"]
+        if failures:
+            raise _translate(failures[0].exception(), len(failures), len(futures))
+        ctx.stop.check()
+        ctx.check_lease()
+
+    @staticmethod
+    def _relay(ctx: RunContext, queue: Any) -> None:
+        """Hand the workers' audit events and progress to the coordinator's sinks."""
+        while True:
+            items = queue.get(batch=True)
+            if not items:
+                return
+            for kind, payload in items:
+                if kind == "audit" and ctx._events is not None:
+                    ctx._events(payload)
+                elif kind == "progress":
+                    ctx.progress(*payload)
+
+    def close(self) -> None:
+        """Close the client (and the LocalCluster this executor started)."""
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def refuse_local_state(m: DataMap, address: str) -> None:
+    """Refuse a state store in a file with a remote scheduler: its workers cannot reach it.
+
+    The delete step journals what it deletes inside a state-store transaction,
+    so every worker must open the state store itself.
+    """
+    import sqlalchemy as sa
+
+    from domicile.connectors.dialects import dialect_for
+
+    url = sa.engine.make_url(m.state)
+    if dialect_for(url.get_backend_name()).file_based:
+        raise ConfigError(
+            f"the state store {url.render_as_string(hide_password=True)} is a local file: "
+            f"the workers of the Dask scheduler at {address} cannot write it",
+            where="state: in the data map",
+            hint="point state: at a PostgreSQL database every worker reaches "
+            "(state: postgresql+psycopg://...), or use --executor dask on this machine",
+        )
+
+
+def _lease_lost(ctx: RunContext) -> bool:
+    try:
+        ctx.check_lease()
+    except DomicileError:
+        return True
+    return False
+
+
+def _translate(exc: BaseException | None, failed: int, total: int) -> BaseException:
+    """A worker's failure as the coordinator raises it (a lost worker: resumable)."""
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return WorkerLost(
+            f"{failed} of {total} parts failed: Dask lost the workers running them too often "
+            f"({exc})",
+            hint="check the workers' memory and logs; the journal holds every step, resume the run",
+        )
+    if isinstance(exc, DomicileError):
+        return exc
+    if isinstance(exc, Interrupted):
+        return exc
+    return WorkerLost(
+        f"{failed} of {total} parts failed on a worker: {type(exc).__name__}: {exc}",
+        hint="the journal holds every step; fix the cause and resume the run",
+    )

@@ -1,0 +1,265 @@
+"""Executors: parts of a large table on threads, on a Dask LocalCluster, on a Dask scheduler.
+
+Every check is an independent read: the stores' rows and digests
+(``invariants.snapshot``), the media files' hashes, the journal's own tables
+read with the test's SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+import fleetkit
+from domicile.demo import build_demo
+from domicile.run.fence import Fenced, claim
+from domicile.run.journal import BatchRow, Journal
+from domicile.run.journal_records import now, parts
+from invariants import check_invariants, snapshot
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _domicile(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "domicile", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and p.suffix not in (".db", ".yaml")
+        and not p.name.startswith(".domicile")
+        and ".domicile" not in p.parts
+    }
+
+
+def _state_rows(path: Path, sql: str) -> list[tuple]:
+    engine = sa.create_engine(f"sqlite:///{path.parent / '.domicile' / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _plain(snap: dict) -> dict:
+    return {d: {k: dict(v) for k, v in recs.items()} for d, recs in snap.items()}
+
+
+def test_dask_local_cluster_moves_exactly_what_the_local_executor_moves(tmp_path):
+    """The demo fleet (rows and media) moved twice: one thread, then a 2-worker LocalCluster."""
+    maps = {}
+    for name in ("local", "dask"):
+        maps[name] = build_demo(tmp_path / name, users=400, seed=7, media=True)
+    before = snapshot(maps["local"])
+    assert _plain(before) == _plain(snapshot(maps["dask"]))  # the same fleet twice
+    code, out = _domicile("run", "--batch-size", "150", "-c", str(maps["local"]))
+    assert code == 0, out
+    code, out = _domicile(
+        "run", "--executor", "dask", "--workers", "2", "--batch-size", "150",
+        "-c", str(maps["dask"]),
+    )  # fmt: skip
+    assert code == 0, out
+    local, dask = snapshot(maps["local"]), snapshot(maps["dask"])
+    assert _plain(local) == _plain(dask)  # every record in the same stores, equal by digest
+    check_invariants(maps["dask"], before, dask)
+    assert _files(tmp_path / "local") == _files(tmp_path / "dask")
+    # the large tables were split, every part ran on a worker that claimed it
+    rows = _state_rows(maps["dask"], "SELECT dataset, source, count(*), min(token), max(holder) "
+                       "FROM domicile_parts GROUP BY dataset, source")  # fmt: skip
+    assert rows and any(n > 1 for _, _, n, _, _ in rows), rows
+    assert all(token >= 1 and holder and "tcp://" in holder for *_, token, holder in rows)
+    # every batch lies in its part's key range, numbered from the part
+    for ds, source, lo, hi, part_no in _state_rows(
+        maps["dask"],
+        "SELECT b.dataset, b.source, b.lo, b.hi, p.part_no FROM domicile_batches b "
+        "JOIN domicile_parts p ON p.run_id = b.run_id AND p.dataset = b.dataset "
+        "AND p.source = b.source AND p.pass_no = b.pass_no "
+        "AND b.seq >= p.part_no * 1000000 AND b.seq < (p.part_no + 1) * 1000000",
+    ):
+        assert hi is not None and part_no >= 1, (ds, source, lo, hi)
+    unparted = _state_rows(
+        maps["dask"],
+        "SELECT count(*) FROM domicile_batches b WHERE b.dataset IN "
+        "(SELECT dataset FROM domicile_parts) AND NOT EXISTS (SELECT 1 FROM domicile_parts p "
+        "WHERE p.run_id = b.run_id AND p.dataset = b.dataset AND p.source = b.source AND "
+        "p.pass_no = b.pass_no AND b.seq >= p.part_no * 1000000 "
+        "AND b.seq < (p.part_no + 1) * 1000000)",
+    )
+    assert unparted == [(0,)]
+    code, out = _domicile("audit", "verify", "-c", str(maps["dask"]))
+    assert code == 0, out
+
+
+def test_local_workers_split_one_large_table_into_key_ranges(tmp_path):
+    """--workers 3 on threads: one table's key space in parts, each batch inside its range."""
+    path = build_demo(tmp_path / "fleet", users=300, seed=11, media=False)
+    before = snapshot(path)
+    code, out = _domicile("run", "--workers", "3", "--batch-size", "100", "-c", str(path))
+    assert code == 0, out
+    check_invariants(path, before, snapshot(path))
+    split = _state_rows(
+        path, "SELECT dataset, source, part_no, lo, hi FROM domicile_parts ORDER BY 1, 2, 3"
+    )
+    assert split, "no table was split"
+    by_pair: dict[tuple[str, str], list[tuple]] = {}
+    for ds, source, part_no, lo, hi in split:
+        by_pair.setdefault((ds, source), []).append((part_no, lo, hi))
+    for pair, ranges in by_pair.items():
+        assert ranges[0][1] is None and ranges[-1][2] is None, pair  # start to end
+        for (_, _, hi), (_, lo, _) in itertools.pairwise(ranges):
+            assert hi == lo, pair  # contiguous: no key between two parts is skipped
+    # batch ranges stay inside their part (single-column integer keys here)
+    for ds, source, _b_lo, b_hi, p_lo, p_hi in _state_rows(
+        path,
+        "SELECT b.dataset, b.source, b.lo, b.hi, p.lo, p.hi FROM domicile_batches b "
+        "JOIN domicile_parts p ON p.run_id = b.run_id AND p.dataset = b.dataset "
+        "AND p.source = b.source AND p.pass_no = b.pass_no "
+        "AND b.seq >= p.part_no * 1000000 AND b.seq < (p.part_no + 1) * 1000000",
+    ):
+        hi = json.loads(b_hi)
+        if p_lo is not None:
+            assert hi > json.loads(p_lo), (ds, source)
+        if p_hi is not None:
+            assert hi <= json.loads(p_hi), (ds, source)
+
+
+def test_a_stale_attempt_is_fenced_off(tmp_path):
+    """Two claims of one part: the first attempt's journal writes are refused, the second's pass."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    journal = Journal(engine, b"k" * 32)
+    run_id = journal.new_run(["US"], "0" * 64, {}, {})
+    with engine.begin() as conn:
+        part_id = conn.execute(
+            parts.insert().values(
+                run_id=run_id, dataset="users", source="sg", pass_no=1, part_no=1,
+                token=0, updated_at=now(),
+            )
+        ).inserted_primary_key[0]  # fmt: skip
+    first = claim(engine, part_id, "worker a")
+    second = claim(engine, part_id, "worker b")
+    assert second.token == first.token + 1
+    row = BatchRow(("1",), "0" * 64, ("us",), None, None, None)
+    stale = Journal(engine, b"k" * 32, fence=first, prepare=False)
+    with pytest.raises(Fenced):
+        stale.add_batch(run_id, "users", "sg", 1, 1_000_000, None, (1,), [row])
+    fresh = Journal(engine, b"k" * 32, fence=second, prepare=False)
+    batch_id = fresh.add_batch(run_id, "users", "sg", 1, 1_000_000, None, (1,), [row])
+    with pytest.raises(Fenced):
+        stale.transition(batch_id, "copied")
+    assert journal.batch(batch_id).state == "copying"  # the stale write left no trace
+    engine.dispose()
+
+
+def test_unknown_executor_and_a_remote_scheduler_with_a_file_state_store_are_refused(tmp_path):
+    path = build_demo(tmp_path / "fleet", users=50, seed=3, media=False)
+    before = snapshot(path)
+    code, out = _domicile("run", "--executor", "yarn", "-c", str(path))
+    assert code == 2 and "unknown executor" in out and "Traceback" not in out, out
+    code, out = _domicile("run", "--executor", "tcp://127.0.0.1:9", "-c", str(path))
+    assert code == 2 and "local file" in out and "Traceback" not in out, out
+    assert _plain(snapshot(path)) == _plain(before)  # nothing moved
+
+
+def _start_cluster(tmp_path: Path, env: dict[str, str]) -> tuple[str, list[subprocess.Popen]]:
+    sched_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [
+        subprocess.Popen(
+            [*dask, "--scheduler-file", str(sched_file), "--port", "0", "--no-dashboard"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not sched_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = json.loads(sched_file.read_text())["address"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+    procs.append(
+        subprocess.Popen(
+            [*worker, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+             "--preload", str(ROOT / "tests" / "dask_pause.py")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT / "tests",
+        )
+    )  # fmt: skip
+    return address, procs
+
+
+def test_a_worker_killed_while_it_holds_a_batch_is_replaced_and_the_run_completes(
+    tmp_path, make_db
+):
+    """SIGKILL the Dask worker process that holds a copied batch; the part runs elsewhere."""
+    urls = {"sg": make_db("sqlite"), "us": make_db("sqlite"), "ca": make_db("sqlite")}
+    state = make_db("postgresql")
+    path = fleetkit.build(tmp_path, urls)
+    doc = yaml.safe_load(path.read_text())
+    doc["state"] = state
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = snapshot(path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {**os.environ, "DOMICILE_TEST_PAUSE_DIR": str(pause)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    address, procs = _start_cluster(tmp_path, env)
+    try:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "domicile", "run", "--executor", address, "--batch-size", "1",
+             "-c", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        mark = pause / "paused"
+        deadline = time.monotonic() + 120
+        while not (mark.exists() and mark.read_text()) and time.monotonic() < deadline:
+            assert run.poll() is None, run.communicate()[0]
+            time.sleep(0.05)
+        victim = int(mark.read_text())
+        os.kill(victim, signal.SIGKILL)  # the worker dies holding a copied, unverified batch
+        out, _ = run.communicate(timeout=240)
+        assert run.returncode == 0, out
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    after = snapshot(path)
+    check_invariants(path, before, after)  # nothing lost, nothing outside home, digests kept
+    engine = sa.create_engine(state)
+    try:
+        with engine.connect() as conn:
+            holders = conn.execute(sa.text("SELECT holder, token FROM domicile_parts")).all()
+            stuck = conn.execute(
+                sa.text("SELECT count(*) FROM domicile_batches WHERE state != 'done'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert stuck == 0
+    assert all(f"pid {victim}" not in (h or "") for h, _ in holders)  # taken over, then finished
+    assert max(t for _, t in holders) >= 3  # copy claim, the replacement's claim, delete claim
+    code, out = _domicile("audit", "verify", "-c", str(path))
+    assert code == 0, out
