@@ -76,6 +76,7 @@ class DaskExecutor:
         self._map_sha = hashlib.sha256(m.path.read_bytes()).hexdigest()
         self._key_sha = hashlib.sha256(deployment_key(m)).hexdigest()
         self._stop = f"domicile-stop-{uuid.uuid4().hex}"
+        self.worker_peaks_mb: dict[str, float] = {}
         log.info(
             "dask executor: %s, %d workers",
             address or "a LocalCluster on this machine",
@@ -141,10 +142,29 @@ class DaskExecutor:
                     ctx.progress(*payload)
 
     def close(self) -> None:
-        """Close the client (and the LocalCluster this executor started)."""
+        """Close the client (and the LocalCluster this executor started).
+
+        First the workers' peak resident memory is read and logged (and kept
+        in :attr:`worker_peaks_mb`): what each worker needed for this run.
+        """
+        try:
+            self.worker_peaks_mb = {
+                address: round(kib / 1024, 1)
+                for address, kib in self.client.run(_peak_rss_kib).items()
+            }
+            log.info("dask workers' peak resident memory (MB): %s", self.worker_peaks_mb)
+        except Exception as exc:  # a report only: closing goes on
+            log.info("could not read the workers' peak memory: %s", exc)
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory (runs on each worker)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def refuse_local_state(m: DataMap, address: str) -> None:
