@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import yaml
 
 import fleetkit
+from crashrun import command
 from domicile.demo import build_demo
 from domicile.run.fence import Fenced, claim
 from domicile.run.journal import BatchRow, Journal
@@ -299,3 +300,36 @@ def test_sigterm_stops_the_workers_between_steps_and_a_resume_completes(tmp_path
     )
     assert code == 0, out
     check_invariants(path, before, snapshot(path))
+
+
+def test_killed_mid_part_then_resumed_on_another_executor(tmp_path):
+    """SIGKILL a threaded run inside a part, resume it on Dask; kill that coordinator, resume."""
+    path = build_demo(tmp_path / "fleet", users=300, seed=9, media=False)
+    before = snapshot(path)
+    crashed = subprocess.run(
+        command("run", "--workers", "3", "--batch-size", "30", "-c", str(path), crash="copied:6"),
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    mid = snapshot(path)
+    assert not [(d, k) for d, recs in before.items() for k in recs if not mid.get(d, {}).get(k)]
+    run_id = _state_rows(path, "SELECT id FROM domicile_runs")[0][0]
+    parts_then = _state_rows(path, "SELECT id, lo, hi FROM domicile_parts ORDER BY id")
+    assert parts_then  # the parts were journalled before any started
+    # the coordinator of the resumed run dies after its first dataset: its workers go too
+    crashed = subprocess.run(
+        command(
+            "run", "--resume", run_id, "--executor", "dask", "--workers", "2", "-c", str(path),
+            crash="dataset-done:1",
+        ),
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    code, out = _domicile("run", "--resume", run_id, "--workers", "2", "-c", str(path))
+    assert code == 0, out
+    check_invariants(path, before, snapshot(path))
+    # the parts of the first pass were reused by both resumes, not cut again
+    first = _state_rows(path, "SELECT id, lo, hi FROM domicile_parts WHERE pass_no = 1 ORDER BY id")
+    assert first == parts_then
+    code, out = _domicile("audit", "verify", "-c", str(path))
+    assert code == 0, out
