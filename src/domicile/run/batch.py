@@ -470,13 +470,14 @@ class Mover(RowReader):
             counts["blobs_shared"] = outcomes.count("shared")
         journal.transition(batch.id, "done", counts=counts)
         delete_marks.clear(self.source.store, mark)
+        changed_keys = {v.key for v in changed}
         self.ctx.emit(
             "batch.deleted",
             batch,
             count=deleted,
             changed=len(changed),
             vanished=len(all_vanished),
-            rows=[r.digest for r in moving if r.key not in {v.key for v in changed}],
+            rows=[r.digest for r in moving if r.key not in changed_keys],
         )
         return deleted
 
