@@ -333,3 +333,33 @@ def test_killed_mid_part_then_resumed_on_another_executor(tmp_path):
     assert first == parts_then
     code, out = _domicile("audit", "verify", "-c", str(path))
     assert code == 0, out
+
+
+def test_parts_of_one_postgresql_source_delete_in_parallel(tmp_path, make_db):
+    """Regression: parts deleting at one PostgreSQL source at once raced to create the
+    delete-marks table ("duplicate key value violates pg_type_typname_nsp_index")."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from domicile.datamap import load_map
+    from domicile.fleet import Fleet
+    from domicile.run import delete_marks
+
+    urls = {"sg": make_db("postgresql"), "us": make_db("postgresql"), "ca": make_db("sqlite")}
+    path = fleetkit.build(tmp_path, urls)
+    with Fleet(load_map(path)) as fleet:
+        store = fleet.sql["sg"]
+        start = Barrier(6)
+
+        def first_delete(_: int) -> None:
+            start.wait()
+            delete_marks.ensure(store)
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(first_delete, range(6)))  # no worker fails
+    before = snapshot(path)
+    code, out = _domicile("run", "--workers", "3", "--batch-size", "1", "-c", str(path))
+    assert code == 0, out
+    check_invariants(path, before, snapshot(path))
+    split = _state_rows(path, "SELECT count(*) FROM domicile_parts")[0][0]
+    assert split > 1  # the tables were cut into parts that ran together

@@ -16,10 +16,12 @@ and their home copies go too).  The mark is removed once the journal says
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import sqlalchemy as sa
 
 from domicile.connectors.sql import SqlStore
+from domicile.errors import ConnectorError
 
 MARKS_TABLE = "domicile_delete_marks"
 
@@ -37,10 +39,24 @@ def token(run_id: str, batch_id: int) -> str:
     return f"{run_id}/{batch_id}"
 
 
+_creating = threading.Lock()
+
+
 def ensure(store: SqlStore) -> None:
-    """Create the marks table at *store* if it is missing (before the delete transaction)."""
-    with store.begin(f"preparing {MARKS_TABLE}") as conn:
-        marks.create(conn, checkfirst=True)
+    """Create the marks table at *store* if it is missing (before the delete transaction).
+
+    Parts of one source delete in parallel, on threads (one at a time here)
+    and in other processes: a creation that lost the race to another process
+    is fine once the table is there.
+    """
+    with _creating:
+        try:
+            with store.begin(f"preparing {MARKS_TABLE}") as conn:
+                marks.create(conn, checkfirst=True)
+        except ConnectorError:
+            with store.connect(f"looking for {MARKS_TABLE}") as conn:
+                if not sa.inspect(conn).has_table(MARKS_TABLE):
+                    raise
 
 
 def mark(conn: sa.Connection, key: str) -> None:
