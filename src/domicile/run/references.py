@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.schema import sort_tables
 
-from domicile.errors import PermanentConnectorError
+from domicile.errors import PermanentConnectorError, TransientConnectorError
 from domicile.fleet import Location
 from domicile.model import DataMap, Dataset, Owner
 from domicile.run.rows import chunks, digest_hex, key_in, shared_columns
@@ -302,7 +302,19 @@ class _References:
                 src_ref = self.src.table(dst_ref.name)
                 names = [c.name for c in src_ref.columns if c.name in dst_ref.c]
                 rows = list(self.pending[dst_ref.name].values())
-                self.conn.execute(dst_ref.insert(), [{n: r[n] for n in names} for r in rows])
+                try:
+                    self.conn.execute(dst_ref.insert(), [{n: r[n] for n in names} for r in rows])
+                except sa.exc.IntegrityError as exc:
+                    # parts copying at once may both find a catalogue row missing at
+                    # home; the one that commits second meets the first's row: the
+                    # step is retried and finds the row there (never overwritten)
+                    raise TransientConnectorError(
+                        f"copying reference rows of {dst_ref.name} to {self.dst.name}: "
+                        f"{str(exc.orig).strip().splitlines()[0]}",
+                        where=f"store {self.dst.name}",
+                        hint="another part may have copied the same reference rows at the "
+                        "same moment: retried; if it persists, compare the table at home",
+                    ) from exc
         except BaseException:
             if cyclic:
                 # a session setting (MySQL) must not outlive the failure; the
