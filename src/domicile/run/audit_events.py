@@ -19,6 +19,7 @@ from domicile import keys as keystore
 from domicile.audit.log import AuditLog, stored_origin
 from domicile.audit.merkle import leaf_hash, root_from_leaf_hashes
 from domicile.model import DataMap
+from domicile.run.journal_records import state_errors
 
 
 def rows_root(digests_hex: list[str]) -> str:
@@ -49,8 +50,10 @@ class RunAudit:
 
     def __init__(self, m: DataMap, engine: sa.Engine):
         self.map = m
-        origin = m.audit_origin or stored_origin(engine) or keystore.default_origin()
-        self.log = AuditLog(engine, origin)
+        # a full or read-only state store is a clear, resumable stop, never a traceback
+        with state_errors(engine, "opening the audit log"):
+            origin = m.audit_origin or stored_origin(engine) or keystore.default_origin()
+            self.log = AuditLog(engine, origin)
         self.keys_dir = keys_dir(m)
         self._lock = threading.Lock()
         self.created_keys = False
@@ -64,7 +67,7 @@ class RunAudit:
         rows = event.pop("row_digests", None)
         if rows is not None:
             event["rows_root"] = rows_root(rows)
-        with self._lock:
+        with self._lock, state_errors(self.log.engine, "appending to the audit log"):
             self.log.append(event)
 
     def _ensure_keys(self) -> None:
@@ -76,5 +79,5 @@ class RunAudit:
         """Sign the log's current head (making the key pair on first use)."""
         self._ensure_keys()
         signer = keystore.load_signer(self.keys_dir / "audit.key")
-        with self._lock:
+        with self._lock, state_errors(self.log.engine, "signing an audit checkpoint"):
             return self.log.checkpoint(signer)

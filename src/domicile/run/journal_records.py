@@ -323,8 +323,9 @@ def state_errors(engine: sa.Engine, doing: str) -> Iterator[None]:
         lowered = text.lower()
         if "readonly" in lowered or "read-only" in lowered or "read only" in lowered:
             hint = "the state store is read-only: make it writable, then resume"
-        elif "full" in lowered or "no space" in lowered:
-            hint = "the state store's disk is full: free space, then resume"
+        elif "full" in lowered or "no space" in lowered or "disk i/o" in lowered:
+            # SQLite says "disk I/O error" when a write fails short of ENOSPC (EFBIG)
+            hint = "the state store's disk is full or failing: free space, then resume"
         elif "locked" in lowered:
             hint = "another process holds the state store's lock: wait, then try again"
         else:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from domicile.errors import ConfigError, StateStoreError
+from domicile.run.journal_records import state_errors
 
 LOCK_NAME = "domicile.run-lease"
 KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
@@ -219,7 +220,8 @@ class Lease:
     def set_run(self, run_id: str) -> None:
         """Name the run that holds the lease (known only once the journal made it)."""
         self._holder = replace(self._holder, run_id=run_id)
-        self._write(full=True)
+        with state_errors(self.engine, "naming the run in the lease"):
+            self._write(full=True)
 
     def _write(self, *, full: bool) -> int:
         """Write the whole row (``full``) or refresh its heartbeat; returns rows touched."""
@@ -348,7 +350,9 @@ def acquire(
     me = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), run_id, cmd, _now())
     lease = _strategy(engine)[0](engine, me, _where(engine), break_lease, wait)
     try:
-        lease._write(full=True)
+        # a full or read-only state store: a clear stop, not a traceback
+        with state_errors(engine, "taking the run lease"):
+            lease._write(full=True)
     except BaseException:
         lease.release()
         raise
