@@ -125,6 +125,10 @@ class DaskExecutor:
         failures = [f for f in futures if f.status == "error"]
         if failures:
             raise _translate(failures[0].exception(), len(failures), len(futures))
+        returned = [e for e in (f.result() for f in futures) if e is not None]
+        ctx.stop.check()  # a stop asked for here: the workers' Interrupted is its echo
+        if returned:
+            raise returned[0]
         ctx.stop.check()
         ctx.check_lease()
 

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from domicile import keys as keystore
-from domicile.errors import ConfigError, Interrupted
+from domicile.errors import ConfigError, DomicileError, Interrupted
 from domicile.fleet import Fleet
 from domicile.model import DataMap
 from domicile.plan import Plan
@@ -150,8 +150,20 @@ class _StopView(StopFlag):
             )
 
 
-def run_part(task: PartTask) -> None:
-    """Copy or delete one part (a Dask task)."""
+def run_part(task: PartTask) -> DomicileError | None:
+    """Copy or delete one part (a Dask task); a domicile error is returned, not raised.
+
+    Returned, so that Dask does not log a stop or a user's error as a crashed
+    task with a traceback on the worker: the coordinator raises it.
+    """
+    try:
+        _run_part(task)
+    except DomicileError as exc:
+        return exc
+    return None
+
+
+def _run_part(task: PartTask) -> None:
     from distributed import Queue, get_worker
 
     from domicile.run.passes import copy_part, delete_part
