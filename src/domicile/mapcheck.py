@@ -123,7 +123,21 @@ def state_url(url: str, where: str, base: Path) -> str:
             hint="the journal needs a transactional database: sqlite:///.domicile/state.db "
             "or postgresql://user@host/db",
         )
-    return sql_url(url, "state store", where, base)
+    checked = sql_url(url, "state store", where, base)
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if dialect_for(parsed.get_backend_name().lower()).file_based and (
+        (parsed.database or "").startswith("file:") or "mode" in parsed.query
+    ):
+        # a URI filename was taken for a path beside the map (a new, empty journal)
+        # and escapes the run lease's lock file; mode=ro cannot hold a journal
+        raise ConfigError(
+            "state store: a SQLite URI filename (file:..., ?mode=...) cannot hold the journal",
+            where=where,
+            hint="name the file itself, writable: sqlite:///path/to/state.db",
+        )
+    return checked
 
 
 def _place(store: Store) -> tuple[str, ...]:

@@ -56,6 +56,14 @@ NOT_COVERED = (
     "Any store not declared in the data map, and any table not declared as a dataset.",
 )
 
+EVERY_ENGINE_REMNANTS = (
+    "Backups, snapshots and exports of the store taken before the delete still hold the "
+    "records as they were, until they expire or are destroyed.",
+    "Replicas, standbys and cross-region copies not declared as stores in the data map keep "
+    "the records unless they replay the delete; domicile neither sees nor checks them.",
+)
+"""What may remain of a deleted record whatever the engine (see :func:`_remnants`)."""
+
 
 # ---------------------------------------------------------------------------
 # The data.
@@ -393,6 +401,68 @@ def _not_covered(
     }
 
 
+def _remnants(m: DataMap, batches: list[BatchRecord]) -> dict[str, Any]:
+    """What may remain on disk of what the run deleted, per store it deleted from.
+
+    The facts are the connectors' (each dialect's and object store's
+    ``remnants``): dead tuples, WAL, undo and binary logs, free pages,
+    object versions.  Objects named by rows (``blobs``) count against their
+    object store when the dataset names one; else every candidate store is listed.
+    """
+    from sqlalchemy.engine import make_url
+
+    from domicile.connectors.dialects import dialect_for
+    from domicile.connectors.objects import ObjectStore
+
+    deleted: dict[str, int | None] = {}
+    for b in batches:
+        if n := int(b.counts.get("deleted", 0)):
+            deleted[b.source] = (deleted.get(b.source) or 0) + n
+        ds = m.datasets.get(b.dataset)
+        if (n := int(b.counts.get("blobs_deleted", 0))) and ds is not None and ds.blobs:
+            where = ds.blobs.stores or tuple(s.name for s in m.object_stores())
+            for name in where:  # one candidate: the count is its own
+                deleted[name] = (deleted.get(name) or 0) + n if len(where) == 1 else None
+    stores = []
+    for store in m.stores.values():
+        if store.name not in deleted:
+            continue
+        if store.kind == "sql":
+            kind: Any = dialect_for(make_url(store.url).get_backend_name().lower())
+        else:
+            kind = type(ObjectStore(store.name, store.url, store.options))
+        stores.append(
+            {
+                "store": store.name,
+                "engine": kind.display_name,
+                "deleted": deleted[store.name],
+                "remnants": list(kind.remnants),
+            }
+        )
+    for name in sorted(set(deleted) - set(m.stores)):  # the map changed since the run
+        generic = dialect_for("")
+        stores.append(
+            {
+                "store": name,
+                "engine": "not in the data map now",
+                "deleted": deleted[name],
+                "remnants": list(generic.remnants),
+            }
+        )
+    statement = (
+        "Deleting a record takes it out of what a store serves, not always off its disks. "
+        "What follows may still hold records this run deleted; domicile cannot erase it: the "
+        "operator of each store must (vacuum, expire logs and versions, destroy old backups)."
+        if stores
+        else "This run deleted nothing, so it left no remnants."
+    )
+    return {
+        "statement": statement,
+        "stores": stores,
+        "every_store": list(EVERY_ENGINE_REMNANTS) if stores else [],
+    }
+
+
 def _iso(when: dt.datetime) -> str:
     """ISO-8601 in UTC; the journal writes UTC, and SQLite hands it back without a zone."""
     if when.tzinfo is None:
@@ -468,5 +538,6 @@ def report_data(
         "exceptions": _exceptions(m, before, after, today),
         "unresolved": {"before": _unresolved(before), "after": unresolved_after},
         "proof": _proof(m, engine, summary.get("checkpoint"), record.id),
+        "remnants": _remnants(m, batches),
         "not_covered": _not_covered(m, before, scope, unresolved_after),
     }

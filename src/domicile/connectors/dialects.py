@@ -25,6 +25,14 @@ from domicile.errors import PermanentConnectorError
 APPLICATION_NAME = "domicile"
 LOCK_TIMEOUT_S = 30  # a row lock the application holds longer fails the step (retried)
 STATEMENT_TIMEOUT_S = 3600  # no statement of domicile's runs longer than this
+# A network that goes dead (no ACK, no keepalive answer) breaks the connection in
+# about a minute: TCP keepalives after 30 s idle, 3 probes 10 s apart, and
+# unacknowledged data given up after 60 s (PostgreSQL's tcp_user_timeout).
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT, TCP_USER_TIMEOUT_S = 30, 10, 3, 60
+# A peer that keeps the connection open but stops answering (a hung proxy or
+# middlebox): the client waits at most the statement limit plus this margin for
+# an answer (the server would have cancelled any statement of its own by then).
+READ_MARGIN_S = 30
 
 
 class Dialect:
@@ -46,6 +54,13 @@ class Dialect:
     a server computes it on its own CPU, beside the client's work."""
     """True when rows between two stores of this family move in their stored form
     where a typed round trip would rewrite them (see :meth:`stored_type`)."""
+    display_name: ClassVar[str] = "SQL database"
+    remnants: ClassVar[tuple[str, ...]] = (
+        "Deleted rows may stay in the database's files, logs and caches until the engine "
+        "reuses that space; domicile knows no engine-specific detail for this database.",
+    )
+    """What may remain on disk of rows deleted here that domicile cannot erase (the
+    report lists it for every store a run deleted from)."""
 
     def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
         """The type *column* is read and written with between two stores of this family,
@@ -150,10 +165,56 @@ def limits(options: dict[str, Any]) -> tuple[int, int]:
     return lock_s, statement_s
 
 
+def read_timeout(options: dict[str, Any]) -> float:
+    """Seconds a client waits for a server's answer before it takes the connection for
+    lost (a transient error, retried): ``read_timeout_seconds`` in a store's ``options``,
+    by default the statement limit plus :data:`READ_MARGIN_S`."""
+    _lock_s, statement_s = limits(options)
+    return float(options.get("read_timeout_seconds", statement_s + READ_MARGIN_S))
+
+
+def _bounded_psycopg(bound: float) -> Any:
+    """A psycopg connection class whose every wait for the server ends after *bound* s
+    (``Connection.wait(timeout=)``, psycopg 3.3); None on an older psycopg, where the
+    keepalives alone bound a dead network."""
+    import inspect
+
+    import psycopg
+
+    if "timeout" not in inspect.signature(psycopg.Connection.wait).parameters:
+        return None
+
+    class BoundedConnection(psycopg.Connection):
+        def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            own = not args[1:] and kwargs.get("timeout") is None
+            if own:
+                kwargs["timeout"] = bound
+            try:
+                return super().wait(gen, *args, **kwargs)
+            except psycopg.OperationalError as exc:
+                if not own or type(exc).__name__ != "_WaitTimeout":
+                    raise
+                self.pgconn.finish()  # mid-protocol: the connection cannot be reused
+                raise psycopg.OperationalError(
+                    f"no answer from the server within {bound:g} s (a stalled network?); "
+                    "the connection was closed"
+                ) from None
+
+    return BoundedConnection
+
+
 class SQLiteDialect(Dialect):
     """SQLite: a file; the write lock is taken at BEGIN IMMEDIATE, there are no row locks."""
 
     family = "sqlite"
+    display_name = "SQLite"
+    remnants = (
+        "domicile deletes with PRAGMA secure_delete=ON, so the deleted rows' cells are "
+        "overwritten with zeros; but free pages and cells the application deleted or updated "
+        "without it keep old contents until VACUUM (run --vacuum runs it after a done run).",
+        "The application's -wal or rollback journal file beside the database may still hold "
+        "pages with the rows until its next checkpoint truncates it.",
+    )
     # in-process: the SQL digest would cost the client's CPU for every row read,
     # staying rows too; Python digests only the moving ones
     digests_on_read = False
@@ -236,6 +297,16 @@ class PostgreSQLDialect(Dialect):
     """PostgreSQL (psycopg 3): named sessions with lock and statement timeouts; array keys."""
 
     family = "postgresql"
+    display_name = "PostgreSQL"
+    remnants = (
+        "Deleted rows stay in the table's data files as dead tuples until VACUUM reclaims "
+        "them, and their bytes until the space is reused: run --vacuum runs VACUUM FULL on "
+        "the tables a done run deleted from, which rewrites them.",
+        "The write-ahead log (pg_wal) and any WAL archive (archive_command, base backups for "
+        "point-in-time recovery) keep the rows as written until recycled or expired.",
+        "Streaming and logical replicas, and changes held by replication slots, keep the rows "
+        "until they replay the deletes.",
+    )
     default_port = 5432
     key_chunk = 20_000  # one array parameter, whatever its length
     moves_stored_form = True
@@ -272,10 +343,37 @@ class PostgreSQLDialect(Dialect):
         return {
             "connect_timeout": connect_timeout,
             "application_name": APPLICATION_NAME,
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE_IDLE_S,
+            "keepalives_interval": KEEPALIVE_INTERVAL_S,
+            "keepalives_count": KEEPALIVE_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_S * 1000,
             # one text form for every value at every store: UTC, ISO dates, default intervals
             "options": f"-c lock_timeout={lock_s * 1000} -c statement_timeout={statement_s * 1000}"
             " -c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres",
         }
+
+    def create_engine(
+        self,
+        url: sa.URL,
+        options: dict[str, Any],
+        *,
+        store: str,
+        connect_timeout: int,
+        pool_size: int,
+    ) -> sa.Engine:
+        """An engine whose connections wait at most :func:`read_timeout` for an answer."""
+        engine = super().create_engine(
+            url, options, store=store, connect_timeout=connect_timeout, pool_size=pool_size
+        )
+        bounded = _bounded_psycopg(read_timeout(options)) if engine.driver == "psycopg" else None
+        if bounded is not None:
+
+            @sa.event.listens_for(engine, "do_connect")
+            def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+                return bounded.connect(*cargs, **cparams)
+
+        return engine
 
     def column_in(
         self, column: sa.ColumnElement[Any], values: Sequence[Any], name: str
@@ -319,6 +417,9 @@ class PostgreSQLDialect(Dialect):
                     copy.write_row(r)
         except psycopg.IntegrityError as exc:
             raise sa.exc.IntegrityError(sql, None, exc) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # the connection lost mid-COPY: translated as transient, like any statement's
+            raise sa.exc.OperationalError(sql, None, exc) from exc
         except (psycopg.DataError, psycopg.ProgrammingError) as exc:
             raise sa.exc.DBAPIError(sql, None, exc) from exc
 
@@ -327,6 +428,16 @@ class MySQLDialect(Dialect):
     """MySQL and MariaDB (PyMySQL): UTC sessions, bounded lock waits and statements."""
 
     family = "mysql"  # MariaDB too: one server speaks both
+    display_name = "MySQL/MariaDB"
+    remnants = (
+        "InnoDB keeps the deleted rows' old versions in the undo logs until purge removes "
+        "them, and their bytes in free page space until reused: run --vacuum runs OPTIMIZE "
+        "TABLE (a rebuild) on the tables a done run deleted from.",
+        "The binary log (and the relay logs of replicas) holds the rows as inserted and, in "
+        "row format, the deleted rows' full images until the logs expire "
+        "(binlog_expire_logs_seconds) or are purged (PURGE BINARY LOGS).",
+        "The redo log (ib_logfile / ib_redo) holds recent changes until it is overwritten.",
+    )
     key_chunk = 5000
     default_port = 3306
 
@@ -336,8 +447,15 @@ class MySQLDialect(Dialect):
         return [f"OPTIMIZE TABLE {quote(t)}" for t in tables]
 
     def connect_args(self, options: dict[str, Any], connect_timeout: int) -> dict[str, Any]:
-        """The connection names itself to the server."""
-        return {"connect_timeout": connect_timeout, "program_name": APPLICATION_NAME}
+        """The connection names itself to the server, and waits at most
+        :func:`read_timeout` for an answer (or for a write to go out)."""
+        bound = read_timeout(options)
+        return {
+            "connect_timeout": connect_timeout,
+            "program_name": APPLICATION_NAME,
+            "read_timeout": bound,
+            "write_timeout": bound,
+        }
 
     def create_engine(
         self,

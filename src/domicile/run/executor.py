@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, closing
@@ -34,6 +35,8 @@ from domicile.run.lease import acquire as acquire_lease
 from domicile.run.passes import run_pass
 from domicile.run.stop import StopFlag
 from domicile.scan import Census, scan
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Progress", "RunOptions", "RunResult", "abandon", "execute", "map_digest", "plan_for"]
 
@@ -192,7 +195,7 @@ def execute(
                 reasons,
                 time.monotonic() - started,
             )
-            _finish(journal, audit, result)
+            _finish_after_failure(journal, audit, result)
             if isinstance(exc, AuditIntegrityError):
                 raise  # tampering: exit 5, never reported as a plain stop
             raise RunIncomplete(
@@ -207,7 +210,10 @@ def execute(
                 run_id, "failed", plan, before, before, ctx.counts, [repr(exc)],
                 time.monotonic() - started,
             )  # fmt: skip
-            journal.finish_run(run_id, "failed", result.summary())
+            try:
+                journal.finish_run(run_id, "failed", result.summary())
+            except Exception as end:  # the state store failing too: the first error counts
+                log.warning("could not record the end of run %s: %s", run_id, end)
             raise
         left = after.violations_in(plan.scope)
         if left:
@@ -343,6 +349,16 @@ def _exception_json(w: Any) -> dict[str, Any]:
         "approved_by": w.approved_by,
         "expires": w.expires.isoformat(),
     }
+
+
+def _finish_after_failure(journal: Journal, audit: RunAudit | None, result: RunResult) -> None:
+    """:func:`_finish` for a run that failed: when the state store fails too (the
+    failure may be the state store's), the run's own error and its resume hint are
+    what the user sees; the journal still says ``running``, which a resume takes."""
+    try:
+        _finish(journal, audit, result)
+    except DomicileError as end:
+        log.warning("could not record the end of run %s: %s", result.run_id, end.message)
 
 
 def _finish(journal: Journal, audit: RunAudit | None, result: RunResult) -> None:

@@ -59,6 +59,9 @@ class ObjectStore:
     """
 
     scheme: ClassVar[str]  # the URL scheme the backend serves
+    display_name: ClassVar[str] = "object store"
+    remnants: ClassVar[tuple[str, ...]] = ()
+    """What may remain of objects deleted here that domicile cannot erase (see the report)."""
     capabilities: Capabilities
     endpoint_url: str | None = None  # S3 only; here so callers may read it on any store
     root_url: str  # the store's own URL, as written back into rows
