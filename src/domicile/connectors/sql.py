@@ -44,6 +44,20 @@ _AUTH_WORDS = (
 _MYSQL_DATA_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 3140}
 
 
+# A store that refuses the statement: PostgreSQL read_only_sql_transaction and
+# insufficient_privilege; MySQL/MariaDB table/database access denied, --read-only
+# server, read-only transaction, read-only table; SQLite SQLITE_READONLY*.
+_REFUSED_CODES = {"25006", "42501", 1142, 1044, 1290, 1792, 1036}
+
+
+def _refused(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    codes = {getattr(orig, "sqlstate", None), *getattr(orig, "args", ())[:1]}
+    if codes & _REFUSED_CODES:
+        return True
+    return str(getattr(orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+
+
 def _normalize_url(url: str) -> sa.URL:
     parsed = make_url(url)
     if parsed.drivername in _DEFAULT_DRIVERS:
@@ -57,17 +71,51 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
+_OWNER = "domicile_store"
+"""Attribute naming the store whose engine raised a driver error (see :func:`translate`)."""
+_open = threading.local()  # per thread: the stores whose translate() blocks are open
+
+
+def _tag_errors(engine: sa.Engine, store: Store) -> None:
+    """Mark every driver error of *engine* with *store*, so it is reported under its name."""
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _tag(context: sa.engine.ExceptionContext) -> None:
+        if context.sqlalchemy_exception is not None:
+            setattr(context.sqlalchemy_exception, _OWNER, store)
+
+
 @contextmanager
 def translate(store: Store, doing: str) -> Iterator[None]:
-    """Turn driver exceptions raised while *doing* something into domicile errors."""
+    """Turn driver exceptions raised while *doing* something into domicile errors.
+
+    An error of another store's engine (a source's delete failing while its
+    homes' transactions are open around it) is left to that store's own
+    enclosing block, or else reported under that store's name.
+    """
+    stack: list[str] = _open.__dict__.setdefault("stores", [])
+    stack.append(store.name)
     try:
         yield
     except DomicileError:
         raise
     except sa.exc.DBAPIError as exc:
+        owner: Store | None = getattr(exc, _OWNER, None)
+        if owner is not None and owner.name != store.name:
+            if owner.name in stack[:-1]:
+                raise  # the owner's block is open outside this one: it says what failed
+            store = owner
         detail = _first_line(exc)
         lowered = detail.lower()
         where = f"store {store.name} ({store.display_url})"
+        if _refused(exc):
+            # retrying cannot help, and the server is up: a person must act
+            raise PermanentConnectorError(
+                f"{doing}: refused by the store: {detail}",
+                where=where,
+                hint="the database is read-only or its user lacks a privilege domicile needs "
+                "(SELECT, INSERT, UPDATE, DELETE): make it writable, then resume the run",
+            ) from exc
         if any(w in lowered for w in _AUTH_WORDS):
             raise PermanentConnectorError(
                 f"{doing}: authentication failed: {detail}",
@@ -78,6 +126,17 @@ def translate(store: Store, doing: str) -> Iterator[None]:
             isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
             or exc.connection_invalidated
         ):
+            code = getattr(exc.orig, "args", (None,))[:1]
+            if code and code[0] in _MYSQL_DATA_ERRORS:
+                # a value the table refuses (PyMySQL raises some of these as
+                # operational errors): the server is up, a retry gets the same answer
+                raise PermanentConnectorError(
+                    f"{doing}: the store refused a value: {detail}",
+                    where=where,
+                    hint="a column at this store does not accept a value being written "
+                    "(type, length, character set or constraint): align its definition "
+                    "with the source's, then resume the run",
+                ) from exc
             if "does not exist" in lowered or "unknown database" in lowered:
                 raise PermanentConnectorError(
                     f"{doing}: {detail}",
@@ -94,6 +153,8 @@ def translate(store: Store, doing: str) -> Iterator[None]:
         raise PermanentConnectorError(
             f"{doing}: {_first_line(exc)}", where=f"store {store.name}"
         ) from exc
+    finally:
+        stack.pop()
 
 
 class SqlStore:
@@ -124,6 +185,7 @@ class SqlStore:
         """The engine, created on first use."""
         if self._engine is None:
             self._engine = self._create_engine()
+            _tag_errors(self._engine, self.store)
         return self._engine
 
     def _create_engine(self) -> sa.Engine:

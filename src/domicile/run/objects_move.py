@@ -66,11 +66,34 @@ class ObjectMover:
         return rows
 
     def copy(self, batch: BatchRecord) -> None:
-        """Stream each object home; journal the SHA-256s; ``copied``."""
+        """Journal each object's SHA-256, stream it home, journal what arrived; ``copied``.
+
+        The SHA-256 is journalled *before* the bytes go home: it is what the
+        conflict policy knows domicile's own copies by, so a copy killed before
+        the journal write that follows it is still domicile's own on the resume
+        (refreshed, or removed if the application deleted the object meanwhile)
+        and never taken for the application's.
+        """
         journal = self.ctx.journal
         rows = [r for r in journal.rows(batch.id) if r.status is None]
-        updated = []
+        planned, gone = [], []
         for r in rows:
+            assert r.blob is not None
+            if self.source.stat(r.key[0]) is None:
+                gone.append(r)  # deleted by the application since the batch was formed
+                continue
+            sha = self.source.sha256(r.key[0])
+            # what an earlier, killed attempt may have left at home stays known as ours
+            before = r.blob.get("sha256")
+            earlier = before if before and before != sha else None
+            blob = dict(r.blob, sha256=sha)
+            planned.append(BatchRow(r.key, sha, r.targets, None, earlier, blob))
+        if gone:
+            self._remove_home_copies(gone)
+            journal.set_row_status(batch.id, [r.key for r in gone], "vanished")
+        journal.update_rows(batch.id, planned)
+        updated = []
+        for r in planned:
             assert r.blob is not None
             home = self._store(r.targets[0])
             key = r.key[0]
@@ -107,6 +130,14 @@ class ObjectMover:
         journal.update_rows(batch.id, updated)
         journal.transition(batch.id, "copied", counts={"copied": len(updated)})
         self.ctx.emit("batch.copied", batch, rows=[r.digest for r in updated], count=len(updated))
+
+    def _remove_home_copies(self, rows: list[BatchRow]) -> None:
+        """Remove each row's object at home if home holds exactly what was journalled."""
+        for r in rows:
+            home = self._store(r.targets[0])
+            info = home.stat(r.key[0])
+            if info is not None and home.sha256(r.key[0]) in (r.digest, r.home_digest):
+                home.delete_if_unchanged(r.key[0], info.version)
 
     def verify(self, batch: BatchRecord) -> None:
         """Read each object back at home and compare SHA-256s; ``verified``."""
@@ -153,11 +184,7 @@ class ObjectMover:
                     vanished.append(r)  # the application deleted it just now
             else:
                 changed.append(r)  # overwritten after the copy: the next pass moves it
-        for r in vanished:
-            home = self._store(r.targets[0])
-            info = home.stat(r.key[0])
-            if info is not None and home.sha256(r.key[0]) == r.digest:
-                home.delete_if_unchanged(r.key[0], info.version)
+        self._remove_home_copies(vanished)
         journal.set_row_status(batch.id, [r.key for r in vanished], "vanished")
         journal.set_row_status(batch.id, [r.key for r in changed], "changed")
         counts = {"deleted": deleted, "changed": len(changed), "vanished": len(vanished)}

@@ -4,12 +4,17 @@ Writes are atomic for readers: a file is written under a hidden name
 (``.domicile-tmp-…``), fsync'ed, renamed over the key and its folder fsync'ed,
 so the bytes are on disk before the source may be deleted.  The version token
 is ``mtime_ns-size-inode``; compare-and-delete parks the file under a hidden
-name first, so no writer can change what is compared.
+name first, so no writer can change what is compared.  Neither hidden name
+outlives a crash for good: a write sweeps the files dead writes of the same
+name left (see :func:`_sweep`), a delete finishes or undoes the park a killed
+delete of the same name left (see :func:`_parked`).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import io
 import os
 import secrets
@@ -35,6 +40,14 @@ _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.E
 
 class LocalObjects(ObjectStore, scheme="file"):
     """A local folder as an object store: keys are paths below the folder."""
+
+    display_name = "local folder"
+    remnants = (
+        "A deleted file's blocks stay on the disk until the file system reuses them; "
+        "copy-on-write file systems and their snapshots (ZFS, btrfs, LVM) and SSD wear "
+        "levelling keep them longer.",
+        "Trash folders, sync clients and file-level backups of the folder keep their copies.",
+    )
 
     capabilities = Capabilities(
         conditional_delete=True,  # rename-then-compare: exact, see _delete_if
@@ -90,9 +103,12 @@ class LocalObjects(ObjectStore, scheme="file"):
 
     @contextmanager
     def _writer(self, key: str, full: str) -> Iterator[BinaryIO]:
-        tmp = os.path.join(os.path.dirname(full), TMP_MARK + secrets.token_hex(8))
+        stem = _temp_stem(full)
+        tmp = os.path.join(os.path.dirname(full), stem + secrets.token_hex(8))
         with self._guard("writing", key):
             fd = _create(tmp)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held while written: a dead writer's temp has none
+            _sweep(os.path.dirname(full), stem, tmp)
         try:
             with os.fdopen(fd, "wb") as out:
                 yield out
@@ -196,9 +212,61 @@ def _scan(folder: str, key_prefix: str) -> Iterator[ObjectInfo]:
                 yield _local_info(key_prefix + name, entry.stat(follow_symlinks=False))
 
 
+def _temp_stem(full: str) -> str:
+    """How the hidden names of writes of *full* begin (a random suffix makes each unique)."""
+    digest = hashlib.sha256(os.path.basename(full).encode("utf-8", "surrogateescape"))
+    return f"{TMP_MARK}put-{digest.hexdigest()[:24]}-"
+
+
+def _sweep(folder: str, stem: str, mine: str) -> None:
+    """Remove the hidden files that killed writes of the same name left in *folder*.
+
+    A live writer holds an exclusive ``flock`` on its file until it is renamed
+    into place; the kernel drops it when the writer dies, so a file whose lock
+    can be taken is a dead writer's (its bytes were never published).
+    """
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if not name.startswith(stem) or path == mine:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # renamed or removed meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer's
+            continue
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _parked(full: str) -> str:
+    """The hidden name *full* is parked under while it is compared and deleted.
+
+    Fixed per name (not random), so that a delete killed between parking and
+    unlinking is finished by the next attempt instead of leaving the bytes
+    behind under a name no scan ever shows.
+    """
+    digest = hashlib.sha256(os.path.basename(full).encode("utf-8", "surrogateescape"))
+    return os.path.join(os.path.dirname(full), f"{TMP_MARK}park-{digest.hexdigest()[:24]}")
+
+
 def _local_delete_if(full: str, version: str) -> bool:
     """Delete *full* if its version is *version*: park it, compare, then unlink or restore."""
-    parked = os.path.join(os.path.dirname(full), TMP_MARK + secrets.token_hex(8))
+    parked = _parked(full)
+    with suppress(FileNotFoundError, NotADirectoryError):
+        if _version(os.lstat(parked)) == version:  # a delete of it was killed after parking
+            if not os.path.lexists(full):
+                os.unlink(parked)
+                return True
+        else:  # a version an older delete parked but did not compare: back, if the name is free
+            _restore(parked, full)
+        with suppress(FileNotFoundError):
+            os.unlink(parked)
     try:
         if _version(os.lstat(full)) != version:  # also keeps folders and links out
             return False
@@ -208,14 +276,26 @@ def _local_delete_if(full: str, version: str) -> bool:
     if _version(os.lstat(parked)) == version:
         os.unlink(parked)
         return True
-    try:  # changed since the copy: put it back, unless a newer write took the name
+    # changed since the copy: put it back, unless a newer write took the name
+    if not _restore(parked, full):
+        with suppress(FileNotFoundError):
+            os.unlink(parked)
+    return False
+
+
+def _restore(parked: str, full: str) -> bool:
+    """Put *parked* back at *full* unless a write took the name.
+
+    True if *parked* was renamed there (no name left to unlink); False if it was
+    hard-linked there or the name was taken: the caller unlinks *parked*.
+    """
+    try:
         os.link(parked, full)
     except FileExistsError:
-        pass
+        return False
     except OSError:  # a file system without hard links
         if not os.path.lexists(full):
             os.rename(parked, full)
-            return False
-    with suppress(FileNotFoundError):
-        os.unlink(parked)
-    return False
+            return True
+        return False
+    return False  # linked: the caller unlinks the parked name

@@ -24,11 +24,33 @@ from domicile.errors import ConnectorError
 
 BLOCK_SIZE = 8 << 20  # S3 multipart part size
 MAX_COPY_OBJECT = 5 << 30  # the most S3 copies in one CopyObject; larger objects stream
-S3_OPTIONS = frozenset({"endpoint_url", "region", "key", "secret", "token", "anon", "block_size"})
+S3_OPTIONS = frozenset(
+    {
+        "endpoint_url",
+        "region",
+        "key",
+        "secret",
+        "token",
+        "anon",
+        "block_size",
+        "read_timeout_seconds",
+    }
+)
+READ_TIMEOUT_S = 60  # a server silent this long on an open connection: the request is retried
 
 
 class S3Objects(ObjectStore, scheme="s3"):
     """An S3 bucket, or a prefix in one, as an object store (AWS, SeaweedFS, MinIO, ...)."""
+
+    display_name = "S3"
+    remnants = (
+        "A bucket with versioning keeps every deleted object as a noncurrent version behind "
+        "a delete marker until a lifecycle rule or a delete of that version removes it; "
+        "object lock or retention can forbid removing it.",
+        "Soft delete or trash features of the provider, and buckets the objects were "
+        "replicated to (cross-region replication), keep copies that this delete does not "
+        "reach.",
+    )
 
     capabilities = Capabilities(
         # If-Match on DELETE; a server without it gets check-then-delete (see _delete_if).
@@ -53,6 +75,7 @@ class S3Objects(ObjectStore, scheme="s3"):
         self._secret = opts.get("secret") or env.get("AWS_SECRET_ACCESS_KEY")
         self._token = opts.get("token") or env.get("AWS_SESSION_TOKEN")
         self.block_size = int(opts.get("block_size", BLOCK_SIZE))
+        self.read_timeout = float(opts.get("read_timeout_seconds", READ_TIMEOUT_S))
         if self.block_size < 5 << 20:
             raise self._bad("block_size must be at least 5 MiB (the S3 minimum part size)")
 
@@ -71,7 +94,7 @@ class S3Objects(ObjectStore, scheme="s3"):
                 raise self._bad("s3fs is not installed", "pip install 'domicile[s3]'") from None
             # check() must fail within seconds on a dead endpoint; real work
             # gets a few retries for the blips that a long move meets.
-            attempts, connect, read = (1, 3, 15) if probe else (3, 10, 60)
+            attempts, connect, read = (1, 3, 15) if probe else (3, 10, self.read_timeout)
             config: dict[str, Any] = {"connect_timeout": connect, "read_timeout": read}
             config["retries"] = {"max_attempts": attempts, "mode": "standard"}
             creds = {"anon": self.anon, "key": self._key, "secret": self._secret}
@@ -83,7 +106,9 @@ class S3Objects(ObjectStore, scheme="s3"):
                 config_kwargs=config,
                 skip_instance_cache=True,  # fsspec's instance cache would share the settings
             )
-            fs.retries = attempts  # s3fs's own retry loop, on top of botocore's
+            # no second loop of s3fs's on top of botocore's: a failure that outlasts
+            # botocore's attempts goes to the run's retries (backoff, jitter, a bound)
+            fs.retries = 1
             self._clients[probe] = fs
         return self._clients[probe]
 
@@ -181,8 +206,15 @@ class S3Objects(ObjectStore, scheme="s3"):
                 return True
             except OSError as exc:
                 code = _s3_code(exc)
-                if code in ("PreconditionFailed", "412"):
-                    return False
+                if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                    # Refused: the object changed since the stat (False), or it is gone.
+                    # Gone right after a stat showed our version means a DELETE of it
+                    # took effect: this very request, sent again by botocore or s3fs
+                    # after its reply was lost or late.  Deleted, as asked: the caller
+                    # must not take it for the application's delete (and remove the
+                    # verified home copy); an application delete landing within this
+                    # round trip is taken for ours, its home copy kept.
+                    return self.stat(key) is None
                 if code not in ("NotImplemented", "501") or not condition:
                     raise
                 condition = {}  # no conditional delete here: check again, then plain
