@@ -173,8 +173,9 @@ def test_second_run_and_resume_of_a_held_run_are_refused(tmp_path, make_db, caps
     urls = _urls(backend, make_db, ("sg", "us"))
     path = _build(tmp_path, urls)
     before = _records(urls)
+    # paused long enough for the checks below on a loaded machine
     first = subprocess.Popen(
-        command("run", "--batch-size", "1", "-c", str(path), pause="copied:1:6"),
+        command("run", "--batch-size", "1", "-c", str(path), pause="copied:1:20"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -6,8 +6,10 @@ outer-joined to the directory when that store has it, grouped by the owners'
 raw country values and by one flag per exception filter.  Records whose
 owner the local directory does not know come back grouped by owner id and
 are resolved against the other stores' directories in chunks of ids, never
-one round trip per row.  Country normalisation and the placement rule then
-run over the (few) groups in Python.
+one round trip per row, and streamed page by page (see
+:mod:`domicile.directory`: memory bounded by the page, not the subjects).
+Country normalisation and the placement rule then run over the groups in
+Python.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from domicile.connectors.keys import column_in
 from domicile.countries import normalize_country
+from domicile.directory import Directory
 from domicile.directory_sql import directory_rows, join_directory, own_country
 from domicile.fleet import Fleet, Location, paths_unique
 from domicile.model import UNRESTRICTED, DataMap, Dataset, Waiver
@@ -30,7 +32,6 @@ from domicile.placement import ORPHAN, UNKNOWN, Verdict, classify
 _ZERO = sa.literal_column("0", sa.Integer)
 _ONE = sa.literal_column("1", sa.Integer)
 
-CHUNK = 1000  # ids per IN-list when resolving owners across stores
 PAGE = 5000  # joined rows per fetch when counting record by record
 SAMPLE_ROWS = 200  # rows read to estimate the average record size
 
@@ -335,49 +336,6 @@ def average_record_bytes(loc: Location) -> float:
 # Running the census.
 
 
-class Directory:
-    """Resolves subject ids to raw country values across every directory store."""
-
-    def __init__(self, fleet: Fleet):
-        self.fleet = fleet
-        self.cache: dict[Any, Any] = {}
-        self.locations = fleet.locations(fleet.map.subjects.dataset)
-
-    def resolve(self, ids: Iterable[Any], searched: str | None = None) -> None:
-        """Look up every id not yet cached, in chunks, store by store.
-
-        *searched* names the store whose directory the census query already
-        joined: the ids came back because it does not have them.
-        """
-        sub = self.fleet.map.subjects
-        wanted = {i for i in ids if i is not None and i not in self.cache}
-        for loc in self.locations:
-            if not wanted:
-                break
-            if loc.store.name == searched:
-                continue
-            pending = sorted(wanted, key=str)
-            rows = directory_rows(loc.store, loc.table, sub)
-            for start in range(0, len(pending), CHUNK):
-                chunk = pending[start : start + CHUNK]
-                # one array parameter on PostgreSQL: a 1000-parameter IN list
-                # costs ~5x more to bind, send and plan there
-                match = column_in(loc.store.dialect, rows.id, chunk, name="ids")
-                q = sa.select(rows.id, rows.country).select_from(rows.from_).where(match)
-                with loc.store.connect("reading the subjects directory") as conn:
-                    for sid, country in conn.execute(q):
-                        self.cache.setdefault(sid, country)
-            wanted -= set(self.cache)
-        for i in wanted:
-            self.cache[i] = ORPHAN  # found in no directory
-
-    def country(self, sid: Any) -> str:
-        raw = self.cache.get(sid, ORPHAN)
-        if raw == ORPHAN:
-            return ORPHAN
-        return normalize_country(raw) or UNKNOWN
-
-
 def _count_unknown_countries(fleet: Fleet, census: Census) -> None:
     sub = fleet.map.subjects
     for loc in fleet.locations(sub.dataset):
@@ -449,28 +407,34 @@ def _scan_location(
         _scan_by_record(fleet, census, directory, uses, ds, loc, local_dir, today)
         return False
     gq = census_query(m, loc, ds, local_dir)
-    with loc.store.connect(f"counting {ds.name}") as conn:
-        groups = conn.execute(sa.select(gq.from_)).mappings().all()
-    directory.resolve(
-        (g[f"_dm_u{k}"] for g in groups for k in range(gq.owners)),
-        searched=loc.store.name if local_dir is not None else None,
-    )
-    avg = average_record_bytes(loc) if groups else 0.0
+    avg: float | None = None
     verdicts: dict[tuple[Any, ...], Verdict] = {}
     self_directory = _is_self_directory(m, ds, local_dir)
-    for g in groups:
-        if self_directory and normalize_country(g["_dm_c0"]) is None:
-            # The directory's own groups are its subjects per raw country value:
-            # no second scan of the directory for the unknown-country list.
-            raw = g["_dm_c0"]
-            census.unknown_countries[str(raw) if raw is not None else "(null)"] += int(g["n"])
-        countries = owner_countries(g, gq.owners, directory)
-        flags = matched_waivers(g, gq.waivers)
-        key = (*countries, flags)
-        if key not in verdicts:
-            verdicts[key] = classify(m, store, ds, countries, flags, today)
-        n = int(g["n"])
-        add(census, uses, verdicts[key], loc.store.name, ds.name, n, round(n * avg))
+    with loc.store.connect(f"counting {ds.name}") as conn:
+        # Owners the local directory lacks come back one group per owner id: read
+        # page by page, so memory follows the page, not the number of subjects.
+        result = conn.execution_options(yield_per=PAGE).execute(sa.select(gq.from_))
+        for groups in result.mappings().partitions(PAGE):
+            directory.resolve(
+                (g[f"_dm_u{k}"] for g in groups for k in range(gq.owners)),
+                searched=loc.store.name if local_dir is not None else None,
+            )
+            if avg is None:
+                avg = average_record_bytes(loc)
+            for g in groups:
+                if self_directory and normalize_country(g["_dm_c0"]) is None:
+                    # The directory's own groups are its subjects per raw country value:
+                    # no second scan of the directory for the unknown-country list.
+                    raw = g["_dm_c0"]
+                    unknown = str(raw) if raw is not None else "(null)"
+                    census.unknown_countries[unknown] += int(g["n"])
+                countries = owner_countries(g, gq.owners, directory)
+                flags = matched_waivers(g, gq.waivers)
+                key = (*countries, flags)
+                if key not in verdicts:
+                    verdicts[key] = classify(m, store, ds, countries, flags, today)
+                n = int(g["n"])
+                add(census, uses, verdicts[key], loc.store.name, ds.name, n, round(n * avg))
     return self_directory
 
 

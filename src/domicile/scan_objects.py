@@ -12,7 +12,9 @@ nowhere is reported as an orphan of that name; its row still moves.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,7 +25,9 @@ from domicile.model import Dataset
 from domicile.placement import classify
 
 if TYPE_CHECKING:
-    from domicile.scan import Census, Directory, WaiverUse
+    from domicile.connectors.objects import ObjectInfo
+    from domicile.directory import Directory
+    from domicile.scan import Census, WaiverUse
 
 PAGE = 5000  # rows per page when reading blob columns
 
@@ -56,19 +60,33 @@ def scan_object_dataset(
     id_col = fleet.subject_id_column()
     flags = unconditional_waivers(fleet, ds)
     for store in fleet.object_stores_for(ds):
-        groups: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
-        for info in store.list(pattern=glob):
-            match = rx.fullmatch(info.key)
-            if match is None:
-                continue
-            g = groups[coerce_owner(match.group("owner"), id_col)]
-            g[0] += 1
-            g[1] += info.size
-        directory.resolve(groups)
         model = m.stores[store.name]
-        for owner, (n, nbytes) in groups.items():
-            verdict = classify(m, model, ds, [directory.country(owner)], flags, today)
-            add(census, uses, verdict, store.name, ds.name, n, nbytes)
+        # an owner split over two pages is counted in both: the counts add up
+        for groups in _owner_pages(store.list(pattern=glob), rx, id_col):
+            directory.resolve(groups)
+            for owner, (n, nbytes) in groups.items():
+                verdict = classify(m, model, ds, [directory.country(owner)], flags, today)
+                add(census, uses, verdict, store.name, ds.name, n, nbytes)
+
+
+def _owner_pages(
+    listing: Iterable[ObjectInfo], rx: re.Pattern[str], id_col: Any
+) -> Iterator[dict[Any, list[int]]]:
+    """(objects, bytes) per owner of the listed objects, at most :data:`PAGE` owners a page
+    (memory follows the page, not the number of owners)."""
+    groups: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for info in listing:
+        match = rx.fullmatch(info.key)
+        if match is None:
+            continue
+        g = groups[coerce_owner(match.group("owner"), id_col)]
+        g[0] += 1
+        g[1] += info.size
+        if len(groups) >= PAGE:
+            yield groups
+            groups = defaultdict(lambda: [0, 0])
+    if groups:
+        yield groups
 
 
 def scan_blobs(

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from domicile.connectors.schema import copy_tables, missing_columns
 from domicile.connectors.sql import SqlStore
+from domicile.directory import Directory
 from domicile.errors import ConfigError
 from domicile.fleet import Fleet, Location
 from domicile.model import DataMap, Dataset
@@ -26,7 +27,6 @@ from domicile.run.journal import BatchRecord, Journal
 from domicile.run.references import Catalog
 from domicile.run.retry import Retry, Throttle
 from domicile.run.stop import StopFlag
-from domicile.scan import Directory
 
 Progress = Callable[[str, str, int], None]  # (event, dataset, rows)
 
