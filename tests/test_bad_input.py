@@ -182,3 +182,33 @@ def test_norway_stays_a_country_code(tmp_path, capsys):
     path = _write(tmp_path, text)
     code, out = _run(capsys, "check", "-c", str(path))
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lock_timeout_seconds": "abc"}, "option lock_timeout_seconds must be a positive number"),
+        ({"read_timeout_seconds": -1}, "option read_timeout_seconds must be a positive number"),
+        ({"statement_timeout_seconds": 1.5}, "statement_timeout_seconds must be a positive"),
+        ({"lock_timeout_seconds": True}, "lock_timeout_seconds must be a positive number"),
+        ({"pool_size": 5}, "unknown option 'pool_size'"),
+    ],
+)
+def test_bad_sql_store_options_are_refused_before_anything_runs(tmp_path, capsys, options, message):
+    """Regression: a non-numeric timeout option was a raw ValueError traceback."""
+    data = _fleet(tmp_path)
+    data["stores"]["sg"]["options"] = options
+    before = (tmp_path / "sg.db").read_bytes()
+    for command in ("check", "run"):
+        code, out = _run(capsys, command, "-c", str(_write(tmp_path, data)))
+        assert code == 2 and message in out and "stores.sg.options" in out, out
+        assert "Traceback" not in out
+    assert (tmp_path / "sg.db").read_bytes() == before
+
+
+def test_sql_store_options_from_the_environment_are_numbers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOCK_S", "12")
+    data = _fleet(tmp_path)
+    data["stores"]["sg"]["options"] = {"lock_timeout_seconds": "${LOCK_S}"}
+    code, out = _run(capsys, "check", "-c", str(_write(tmp_path, data)))
+    assert code == 0, out

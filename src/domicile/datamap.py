@@ -38,6 +38,7 @@ from domicile.mapcheck import (
     mask_url,
     reach_of,
     resolved,
+    sql_options,
     sql_url,
     state_url,
     url_scheme,
@@ -290,6 +291,7 @@ def _store(name: str, cfg: StoreCfg, loc: Located, base: Path, env: Mapping[str,
             )
         return Store(name, url, mask_url(url), labels, "objects", options)
     url = sql_url(url, f"store {name}", where, base)
+    options = sql_options(name, options, loc.at("stores", name, "options"))
     return Store(name, url, mask_url(url), labels, "sql", options)
 
 

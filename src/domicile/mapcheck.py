@@ -16,11 +16,12 @@ delete one record twice, and so lose data without a word.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from domicile.connectors.dialects import dialect_for
 from domicile.errors import ConfigError
@@ -324,3 +325,37 @@ def check_objects(
             where=loc.at("datasets"),
             hint="use fewer object datasets, with fewer wildcards",
         ) from None
+
+
+SQL_OPTIONS = {  # a SQL store's options: name -> (type, what it bounds)
+    "lock_timeout_seconds": (int, "how long a statement waits for a row lock"),
+    "statement_timeout_seconds": (int, "how long one statement may run"),
+    "read_timeout_seconds": (float, "how long the client waits for the server's answer"),
+}
+
+
+def sql_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """A SQL store's ``options``, checked: known names, positive numbers."""
+    checked = dict(options)
+    for key, value in options.items():
+        if key not in SQL_OPTIONS:
+            raise ConfigError(
+                f"store {name}: unknown option '{key}'",
+                where=where,
+                hint="a SQL store's options are: " + ", ".join(sorted(SQL_OPTIONS)),
+            )
+        kind, what = SQL_OPTIONS[key]
+        if isinstance(value, str):  # a ${VAR} expands to text
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = float(value).is_integer()
+        if not ok or not 0 < value < 10**7:
+            raise ConfigError(
+                f"store {name}: option {key} must be a positive number of seconds, got {value!r}",
+                where=where,
+                hint=f"it bounds {what}, e.g. {key}: 30",
+            )
+        checked[key] = kind(value)
+    return checked
