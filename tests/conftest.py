@@ -27,6 +27,50 @@ BACKENDS = ["sqlite", "postgresql", "mysql"]
 LONG = os.environ.get("DOMICILE_TEST_LONG", "") == "1"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--campaign-rounds",
+        type=int,
+        default=None,
+        help="tests/test_campaign.py: run the crash campaign for this many kills, no time budget",
+    )
+
+
+SURVIVED = "survived"  # user property: (kind, how many faults or inputs a test survived)
+
+
+def tally(request: pytest.FixtureRequest, kind: str, n: int) -> None:
+    """Count *n* faults (or hostile inputs) of *kind* that this test survived; the
+    totals over the run are printed at the end of the pytest output."""
+    request.node.user_properties.append((SURVIVED, (kind, int(n))))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the crash campaign's summary line (tests/test_campaign.py) and the faults and
+    hostile inputs every test survived, in every run's output."""
+    lines: set[str] = set()
+    counted: dict[tuple[str, str], int] = {}  # (test, kind) -> n: one per test, every phase
+    tests: dict[str, set[str]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "campaign summary":
+                    lines.add(str(value))
+                elif name == SURVIVED and getattr(report, "passed", False):
+                    kind, n = value
+                    node = str(getattr(report, "nodeid", ""))
+                    counted[(node, kind)] = max(counted.get((node, kind), 0), int(n))
+                    tests.setdefault(kind, set()).add(node)
+    for line in sorted(lines):
+        terminalreporter.write_line(line)
+    if counted:
+        totals: dict[str, int] = {}
+        for (_node, kind), n in counted.items():
+            totals[kind] = totals.get(kind, 0) + n
+        parts = [f"{kind} {totals[kind]:,} ({len(tests[kind])} tests)" for kind in sorted(totals)]
+        terminalreporter.write_line("survived, in tests that passed: " + "; ".join(parts))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Variants marked ``long`` repeat a case another variant covers on a slower
     path (S3 round trips): they run with DOMICILE_TEST_LONG=1, so CI stays short."""

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 import fleetkit
+from conftest import tally
 from domicile.cli import run_cli
+
+
+@pytest.fixture(autouse=True)
+def _tally_input(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    tally(request, "hostile inputs refused without a traceback", 1)
 
 
 def _fleet(tmp_path: Path) -> dict:

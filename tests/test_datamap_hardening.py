@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import tally
 from domicile.blobs import owner_pattern
 from domicile.datamap import load_map
 from domicile.errors import ConfigError
@@ -630,7 +632,19 @@ _TOKENS = [
 ]
 
 
+_LOADED = [0]  # generated maps loaded or refused so far (this process)
+
+
+@pytest.fixture(autouse=True)
+def _tally_inputs(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = _LOADED[0]
+    yield
+    # a generated test counts its examples; any other test is one hostile input
+    tally(request, "hostile inputs refused without a traceback", _LOADED[0] - before or 1)
+
+
 def _must_load_or_refuse(path: Path, text: str) -> None:
+    _LOADED[0] += 1
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     with contextlib.suppress(ConfigError):  # anything else fails the test
         load_map(path, env={"DM_URL": "sqlite:///b.db"})

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 import yaml
 
 import fleetkit
+from conftest import tally
 from domicile import api
 from domicile.cli import run_cli
 from domicile.datamap import load_map
@@ -88,6 +89,17 @@ def _move(hook: At, path: Path, batch_size: int) -> str:
     with hooks.installed(hook):
         result = api.run(path, RunOptions(batch_size=batch_size, backoff=0.05))
     return result.status
+
+
+@pytest.fixture(autouse=True)
+def _tally_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = sum(SURVIVED.values())
+    yield
+    tally(
+        request,
+        "network faults (drops, resets, stalls, lost replies)",
+        sum(SURVIVED.values()) - before,
+    )
 
 
 def _survived(test: str, *proxies: FaultProxy) -> int:
