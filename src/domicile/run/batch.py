@@ -15,7 +15,11 @@ duplicating a record:
   journalled (``deleting``) before the delete commits, so a resume knows
   which missing rows were domicile's own deletes.  Rows the application
   deleted are removed from home too (only if home still holds exactly what
-  domicile copied), so a deleted record never comes back.
+  domicile copied), so a deleted record never comes back; so are the stale
+  copies of rows that changed, unless rows at home reference them (then the
+  row refreshes its copy when it moves again).  Copies left at home of rows
+  that stay are swept once the application deletes the row at its source
+  (:mod:`domicile.run.batch_sweep`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from domicile.errors import (
 )
 from domicile.fleet import Location
 from domicile.run import delete_marks
+from domicile.run.batch_sweep import remove_own_copies
 from domicile.run.conflict import Decision, decide
 from domicile.run.engine_digests import TableDigests
 from domicile.run.home_write import write_rows
@@ -42,11 +47,8 @@ from domicile.run.pins import Child, cascading_children, pinned_by_children
 from domicile.run.reading import RowReader
 from domicile.run.references import copy_references
 from domicile.run.rows import (
-    chunks,
     delete_by_keys,
     digest_hex,
-    key_chunk,
-    key_in_for,
     normalize_keys,
     same_kinds,
     same_values,
@@ -107,11 +109,14 @@ class Mover(RowReader):
         """
         journal = self.ctx.journal
         rows = [r for r in journal.rows(batch.id) if r.status in ACTIVE]
+        dropped = 0
         if values is None:
             values = self._reread(batch, rows)
             live = {r.key for r in rows if r.key in values}
+            dropped = len(rows) - len(live)
             rows = [r for r in rows if r.key in live]
         counts = {"copied": 0, "already": 0, "refreshed": 0, "kept_home": 0, "deferred": 0}
+        counts["dropped"] = dropped  # their copies may stay at home (batch_sweep)
         for target in sorted({t for r in rows for t in r.targets}):
             part = [r for r in rows if target in r.targets]
             result = self._copy_to(batch, target, part, values)
@@ -143,7 +148,7 @@ class Mover(RowReader):
             else:
                 dropped.append(r)
         if dropped:
-            self._remove_own_copies(dropped)
+            remove_own_copies(self, dropped)
             self.ctx.journal.set_row_status(batch.id, [r.key for r in dropped], "dropped")
         return keep
 
@@ -179,15 +184,24 @@ class Mover(RowReader):
         rows: list[BatchRow],
         values: dict[tuple[Any, ...], dict[str, Any]],
     ) -> dict[tuple[Any, ...], dict[str, Any]]:
-        """Stream the rows' objects home first; journal their hashes; rewrite URL columns."""
+        """Journal the rows' objects' hashes, stream them home, journal what arrived; rewrite
+        URL columns.  Each hash is journalled before the bytes go (see ``BlobMover.planned``):
+        a copy a kill interrupts is still domicile's own on the resume."""
         assert self.blobs is not None
-        updated: list[BatchRow] = []
         out = dict(values)
+        if all(r.blob is None for r in rows):
+            return out
+        home_name = self.blobs.home_store(target)
+        for i, r in enumerate(rows):
+            if r.blob is not None:
+                rows[i] = r._replace(blob=self.blobs.planned(r.blob, home_name))
+        self.ctx.journal.update_rows(batch.id, [r for r in rows if r.blob is not None])
+        updated: list[BatchRow] = []
         for i, r in enumerate(rows):
             if r.blob is None:
                 continue
-            blob = self.blobs.copy(r.blob, target)
-            rows[i] = BatchRow(r.key, r.digest, r.targets, r.status, r.home_digest, blob)
+            blob = self.blobs.copy_to(r.blob, home_name)
+            rows[i] = r._replace(blob=blob)
             updated.append(rows[i])
             if blob["url"]:
                 out[r.key] = dict(
@@ -372,7 +386,10 @@ class Mover(RowReader):
         fail-over to a lagging replica, a restore, a mistake) stays and moves
         again.  A row the application changed since the copy stays too, and
         its now stale home copy is removed, so that deleting the row later
-        where it lives cannot bring the old version back at home.
+        where it lives cannot bring the old version back at home — unless
+        children that moved home reference it there: then it stays, refreshed
+        when the row moves again, or swept if the application deletes the row
+        first (:func:`~domicile.run.batch_sweep.sweep_home_copies`).
         """
         journal = self.ctx.journal
         rows = journal.rows(batch.id)
@@ -446,7 +463,7 @@ class Mover(RowReader):
             )
         all_vanished = [r for r in rows if r.status == "vanished"] + new_vanished
         all_changed = [r for r in rows if r.status == "changed"] + changed
-        self._remove_own_copies(all_vanished + all_changed)
+        remove_own_copies(self, all_vanished + all_changed)
         deleted = len(deletable) - len(refused) + len(ours)
         counts = {
             "deleted": deleted,
@@ -499,7 +516,7 @@ class Mover(RowReader):
         undo = [r for k, r in zip(keys, rows, strict=True) if k in present or not committed]
         # rows the application deleted (seen at the delete step): their copies go too
         undo += [r for r in self.ctx.journal.rows(batch.id) if r.status == "vanished"]
-        self._remove_own_copies(undo)
+        remove_own_copies(self, undo)
         return len(undo)
 
     def _home_still_holds(
@@ -554,29 +571,3 @@ class Mover(RowReader):
         return pinned_by_children(
             conn, self.source.store, self._children, self.typed.table, self.key, rows
         )
-
-    def _remove_own_copies(self, rows: list[BatchRow]) -> None:
-        """Delete home rows (and objects) that still hold exactly what domicile copied there."""
-        if self.blobs is not None:
-            for r in rows:
-                if r.blob is not None:
-                    self.blobs.remove_home_copy(r.blob)
-        for target in sorted({t for r in rows for t in r.targets}):
-            home = self.existing_home(target)
-            if home is None:
-                continue
-            part = [r for r in rows if target in r.targets]
-            keys = normalize_keys(home.table, self.key, [r.key for r in part])
-            cols = shared_columns(self.source.table, home.table)
-            with home.store.begin_write(f"removing {self.ds.name} copies at {target}") as conn:
-                found = select_by_keys(conn, home.table, self.key, keys, for_update=True)
-                gone = [
-                    k
-                    for k, r in zip(keys, part, strict=True)
-                    if k in found and digest_hex(found[k], cols) == r.digest_at_home
-                ]
-                if gone:
-                    dialect = conn.dialect.name
-                    for chunk in chunks(gone, key_chunk(dialect, self.key)):
-                        where = key_in_for(dialect, home.table, self.key, chunk)
-                        conn.execute(home.table.delete().where(where))

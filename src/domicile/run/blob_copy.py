@@ -3,8 +3,9 @@
 Within a row's batch: the object is located when the batch is formed (its
 store, key and version are journalled with the row), streamed to the home
 object store of the row's jurisdiction under the same key *before* the row is
-written at home, verified there by SHA-256 with the row, and deleted at the
-source only after the row was — and only if it is unchanged since the copy
+written at home (its home and SHA-256 journalled before its bytes go:
+:meth:`BlobMover.planned`), verified there by SHA-256 with the row, and deleted
+at the source only after the row was — and only if it is unchanged since the copy
 and no row still at the source names it (:mod:`domicile.run.blob_refs`).  A
 column holding a full URL is rewritten to the new place in the same
 transaction that writes the row at home.  Objects that rows which do not move
@@ -78,6 +79,28 @@ class BlobMover:
         home = self._store(self.home_store(sql_target))
         return home.url_for(blob["key"]) if blob["url"] else str(blob["key"])
 
+    def planned(self, blob: dict[str, Any], home_name: str) -> dict[str, Any]:
+        """The blob as journalled before its bytes go to *home_name*: home and SHA-256 set.
+
+        The SHA-256 is the source object's, read now.  It is what domicile's
+        own copies are known by (:meth:`_already_home`, :meth:`remove_home_copy`),
+        so journalling it *before* the copy keeps a copy that a kill interrupts
+        domicile's own on the resume: refreshed if the object changed, removed
+        if its row is gone — never taken for the application's.  What an
+        earlier, killed attempt may have left at home stays known as well
+        (``earlier``).
+        """
+        if blob["store"] == home_name:
+            return dict(blob, home=home_name)  # already home: no bytes move
+        sha = self._store(blob["store"]).sha256(blob["key"])
+        ours = own_hashes(blob) if blob.get("home") == home_name else set()
+        out = {k: v for k, v in blob.items() if k not in ("earlier", "kept_home")}
+        out.update(home=home_name, sha256=sha)
+        earlier = sorted(ours - {sha})
+        if earlier:
+            out["earlier"] = earlier
+        return out
+
     def copy(self, blob: dict[str, Any], sql_target: str) -> dict[str, Any]:
         """Stream the object to the home of the row's SQL home *sql_target* (same key).
 
@@ -91,7 +114,9 @@ class BlobMover:
         An object already at home under the key is never overwritten silently
         (see :meth:`_already_home`).
         """
-        out = dict(blob, home=home_name)
+        # once this returns, home holds exactly what the result says: earlier copies are gone
+        out = {k: v for k, v in blob.items() if k != "earlier"}
+        out["home"] = home_name
         if blob["store"] == home_name:
             out["sha256"] = self._store(home_name).sha256(blob["key"])
             return out
@@ -113,16 +138,19 @@ class BlobMover:
         """Decide about an object that is already at home; None: copy over it.
 
         The same bytes: nothing to copy (a resumed copy).  Different bytes
-        that domicile copied there itself (the journal says so): a stale copy,
-        replaced.  Otherwise the application wrote it there (new writes routed
-        home first): a conflict that ``on_conflict`` decides, as for rows.
+        that domicile copied there itself (this blob's journalled hashes, or
+        another row's in the journal): a stale copy, replaced.  Otherwise the
+        application wrote it there (new writes routed home first): a conflict
+        that ``on_conflict`` decides, as for rows.
         """
         home, key = self._store(home_name), blob["key"]
         at_home = home.sha256(key)
         if at_home == self._store(blob["store"]).sha256(key):
             return {"sha256": at_home}
         strategy = self.ctx.map.on_conflict
-        if strategy == "overwrite" or self._copied_before(key, home_name, at_home):
+        if strategy == "overwrite" or at_home in own_hashes(blob):
+            return None
+        if self._copied_before(key, home_name, at_home):
             return None
         if strategy == "keep-home":
             return {"sha256": at_home, "kept_home": True}
@@ -228,11 +256,22 @@ class BlobMover:
     def remove_home_copy(self, blob: dict[str, Any]) -> None:
         """Remove an object domicile copied home for a row that is not moving after all."""
         home_name = blob.get("home")
-        if not home_name or home_name == blob["store"] or not blob.get("sha256"):
+        ours = own_hashes(blob)
+        if not home_name or home_name == blob["store"] or not ours:
             return
-        if blob.get("kept_home"):
-            return  # the application's object, not a copy domicile made
         home = self._store(home_name)
         info = home.stat(blob["key"])
-        if info is not None and home.sha256(blob["key"]) == blob["sha256"]:
+        if info is not None and home.sha256(blob["key"]) in ours:
             home.delete_if_unchanged(blob["key"], info.version)
+
+
+def own_hashes(blob: dict[str, Any]) -> set[str]:
+    """The SHA-256s of the bytes domicile itself copied home for *blob* (as journalled).
+
+    A ``kept_home`` blob's SHA-256 is the application's object at home (it won
+    the conflict), never a copy domicile made.
+    """
+    out = set(blob.get("earlier") or ())
+    if blob.get("sha256") and not blob.get("kept_home"):
+        out.add(blob["sha256"])
+    return out

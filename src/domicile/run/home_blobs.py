@@ -84,15 +84,22 @@ class HomeBlobMover:
     # -- copy ------------------------------------------------------------------
 
     def copy(self, batch: BatchRecord) -> None:
-        """Stream each object home, journal its SHA-256, rewrite URLs naming it; ``copied``.
+        """Journal each object's SHA-256, stream it home, rewrite URLs naming it; ``copied``.
 
-        Run again on a resume: an object already home with the same bytes is
-        not copied again, and a URL already rewritten no longer matches.
+        The SHA-256 is journalled before the bytes go (:meth:`BlobMover.planned`),
+        so a copy a kill interrupts is still domicile's own on the resume.  Run
+        again on a resume: an object already home with the same bytes is not
+        copied again, and a URL already rewritten no longer matches.
         """
         journal = self.ctx.journal
         rows = [r for r in journal.rows(batch.id) if r.status is None]
-        updated: list[BatchRow] = []
+        planned = []
         for r in rows:
+            assert r.blob is not None
+            planned.append(r._replace(blob=self.blobs.planned(r.blob, r.targets[0])))
+        journal.update_rows(batch.id, planned)
+        updated: list[BatchRow] = []
+        for r in planned:
             assert r.blob is not None
             blob = self.blobs.copy_to(r.blob, r.targets[0])
             updated.append(BatchRow(r.key, blob["sha256"], r.targets, None, None, blob))

@@ -18,6 +18,7 @@ from domicile.connectors.objects import ObjectStore
 from domicile.fleet import Location
 from domicile.model import Dataset
 from domicile.run.batch import Mover
+from domicile.run.batch_sweep import sweep_home_copies
 from domicile.run.context import RunContext
 from domicile.run.executors import PartFn, Work
 from domicile.run.home_blobs import HomeBlobMover, staying_blobs
@@ -255,7 +256,10 @@ def run_pass(ctx: RunContext, pass_no: int) -> None:
     Then rows (and the objects they name), parents before children; then the
     object datasets.  Deletes run the other way round, the staying rows'
     objects last: by then the rows that moved are gone from their sources
-    and no longer keep a shared object there.
+    and no longer keep a shared object there.  Last, the home copies that
+    finished batches left of rows they did not delete are removed where the
+    application has since deleted the row at its source
+    (:mod:`domicile.run.batch_sweep`).
     """
     blob_datasets = [ctx.map.datasets[d] for d in ctx.order if ctx.map.datasets[d].blobs]
     for ds in blob_datasets:
@@ -272,3 +276,4 @@ def run_pass(ctx: RunContext, pass_no: int) -> None:
         _run(ctx, "delete", delete_part, _delete_parts(ctx, dataset, pass_no))
     for ds in reversed(blob_datasets):
         _delete_home_blobs(ctx, ds, pass_no)
+    ctx.retry.call(partial(sweep_home_copies, ctx))
