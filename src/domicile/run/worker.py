@@ -166,6 +166,7 @@ def run_part(task: PartTask) -> DomicileError | None:
 def _run_part(task: PartTask) -> None:
     from distributed import Queue, get_worker
 
+    from domicile.run.audit_events import rows_root
     from domicile.run.passes import copy_part, delete_part
 
     env = _env(task)
@@ -179,6 +180,11 @@ def _run_part(task: PartTask) -> None:
     queue = Queue(task.queue)
 
     def events(event: dict[str, Any]) -> None:
+        # reduced here as the coordinator's sink would: the root, not every row's
+        # digest, goes through the scheduler
+        rows = event.pop("row_digests", None)
+        if rows is not None:
+            event["rows_root"] = rows_root(rows)
         queue.put(("audit", event))
 
     def progress(event: str, dataset: str, rows: int) -> None:
