@@ -117,6 +117,8 @@ def execute(
         StopFlag() as stop,
         ExitStack() as stack,
     ):
+        for earlier in journal.runs():  # a damaged journal refuses here (exit 5), not mid-run
+            journal.batches(earlier.id)
         record = _run_to_resume(journal, resume, confirm_resume)
         if record is not None:
             resume = record.id

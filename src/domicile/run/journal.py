@@ -60,6 +60,7 @@ from domicile.run.journal_records import (
     key_text,
     key_values,
     now,
+    parsed,
     prepare_schema,
     rows_fingerprint,
     runs,
@@ -142,6 +143,7 @@ class Journal:
             )
         return run_id
 
+    @parsed("run")
     def _run(self, row: Any) -> RunRecord:
         return RunRecord(
             id=row.id,
@@ -245,6 +247,7 @@ class Journal:
         hooks.point("copying")
         return batch_id
 
+    @parsed("batch")
     def _batch(self, row: Any) -> BatchRecord:
         return BatchRecord(
             id=row.id,
@@ -317,6 +320,7 @@ class Journal:
         mac = batch_mac(key, row, self._fingerprint(conn, row))
         conn.execute(batches.update().where(batches.c.id == batch_id).values(mac=mac))
 
+    @parsed("the rows of batch")
     def _load_rows(self, conn: sa.Connection, row: Any) -> list[BatchRow]:
         """The rows of the batch in *row*: packed (schema 3) or one per record (schema 2)."""
         packed = packed_of(row)

@@ -8,13 +8,14 @@ frozen records it returns, and :func:`batch_mac`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 
@@ -342,3 +343,30 @@ def state_connection(engine: sa.Engine, doing: str, *, begin: bool) -> Iterator[
         else:
             with engine.connect() as conn:
                 yield conn
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parsed(what: str) -> Callable[[F], F]:
+    """Decorate a reader of journal records: a field that does not parse (garbled
+    JSON, a wrong length, a wrong type) is a damaged journal, exit 5, never a traceback."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                record = next((a for a in args[1:] if hasattr(a, "id")), None)
+                which = f" {record.id}" if record is not None else ""
+                raise JournalTampered(
+                    f"the journal is damaged: {what}{which} does not parse "
+                    f"({type(exc).__name__}: {exc})",
+                    hint="the state store was edited or corrupted outside domicile: restore it "
+                    "from a backup (nothing was changed; domicile will not act on it)",
+                ) from exc
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
