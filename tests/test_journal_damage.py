@@ -65,7 +65,12 @@ def test_a_garbled_journal_field_is_a_clear_exit_5(tmp_path, capsys, column):
     state.dispose()
     before, records = _hashes(tmp_path), _records(tmp_path)
     capsys.readouterr()
-    commands = [["status", run_id], ["run"], ["report", run_id], ["audit", "verify"]]
+    commands = [
+        ["status", run_id],
+        ["run"],
+        ["report", run_id, "-o", str(tmp_path / "report.html")],
+        ["audit", "verify"],
+    ]
     for args in commands:
         code = run_cli([*args, "-c", str(path)])
         out = capsys.readouterr()
