@@ -421,3 +421,20 @@ def test_write_killed_before_publishing_leaves_no_hidden_copy_at_home(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [p.name for p in home.iterdir()] == ["a.png"]
     assert (home / "a.png").read_bytes() == b"an avatar"
+
+
+def test_object_deleted_by_the_application_before_its_copy_does_not_stop_the_run(tmp_path):
+    """Found by the campaign (seed 303): the application deleted a post's video after its
+    batch was formed and before the copy; the copy step failed on 'no such object' at every
+    resume (the run stuck).  Fixed in src/domicile/run/blob_copy.py (``BlobMover.planned``):
+    the row moves without the object, nothing is left at home."""
+    path = _fleet(tmp_path, objects=True)
+    # copy order users -> posts -> comments: pause when the posts' batch is journalled
+    proc = _run_paused(path, "copying:2:5", "posts", "copying")
+    (tmp_path / "media-sg" / "posts" / "10.bin").unlink()  # the application deletes the video
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert _sql(path, "us", "SELECT id FROM posts") == [(10,)]
+    assert _sql(path, "sg", "SELECT id FROM posts") == []
+    assert not (tmp_path / "media-us" / "posts" / "10.bin").exists()
+    assert not (tmp_path / "media-sg" / "posts" / "10.bin").exists()

@@ -192,10 +192,13 @@ class Mover(RowReader):
         if all(r.blob is None for r in rows):
             return out
         home_name = self.blobs.home_store(target)
+        planned = []
         for i, r in enumerate(rows):
             if r.blob is not None:
+                # None: the object was deleted meanwhile; the row moves without it
                 rows[i] = r._replace(blob=self.blobs.planned(r.blob, home_name))
-        self.ctx.journal.update_rows(batch.id, [r for r in rows if r.blob is not None])
+                planned.append(rows[i])
+        self.ctx.journal.update_rows(batch.id, planned)
         updated: list[BatchRow] = []
         for i, r in enumerate(rows):
             if r.blob is None:

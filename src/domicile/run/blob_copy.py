@@ -79,7 +79,7 @@ class BlobMover:
         home = self._store(self.home_store(sql_target))
         return home.url_for(blob["key"]) if blob["url"] else str(blob["key"])
 
-    def planned(self, blob: dict[str, Any], home_name: str) -> dict[str, Any]:
+    def planned(self, blob: dict[str, Any], home_name: str) -> dict[str, Any] | None:
         """The blob as journalled before its bytes go to *home_name*: home and SHA-256 set.
 
         The SHA-256 is the source object's, read now.  It is what domicile's
@@ -88,11 +88,16 @@ class BlobMover:
         domicile's own on the resume: refreshed if the object changed, removed
         if its row is gone — never taken for the application's.  What an
         earlier, killed attempt may have left at home stays known as well
-        (``earlier``).
+        (``earlier``).  None: the application deleted the object since the
+        batch was formed; a copy an earlier attempt made of it is removed.
         """
         if blob["store"] == home_name:
             return dict(blob, home=home_name)  # already home: no bytes move
-        sha = self._store(blob["store"]).sha256(blob["key"])
+        source = self._store(blob["store"])
+        if source.stat(blob["key"]) is None:
+            self.remove_home_copy(blob)  # only if home holds exactly domicile's copy
+            return None
+        sha = source.sha256(blob["key"])
         ours = own_hashes(blob) if blob.get("home") == home_name else set()
         out = {k: v for k, v in blob.items() if k not in ("earlier", "kept_home")}
         out.update(home=home_name, sha256=sha)

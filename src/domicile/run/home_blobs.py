@@ -93,10 +93,15 @@ class HomeBlobMover:
         """
         journal = self.ctx.journal
         rows = [r for r in journal.rows(batch.id) if r.status is None]
-        planned = []
+        planned, gone = [], []
         for r in rows:
             assert r.blob is not None
-            planned.append(r._replace(blob=self.blobs.planned(r.blob, r.targets[0])))
+            blob = self.blobs.planned(r.blob, r.targets[0])
+            if blob is None:  # deleted by the application since the batch was formed
+                gone.append(r.key)
+            else:
+                planned.append(r._replace(blob=blob))
+        journal.set_row_status(batch.id, gone, "vanished")
         journal.update_rows(batch.id, planned)
         updated: list[BatchRow] = []
         for r in planned:
