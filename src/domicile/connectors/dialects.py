@@ -94,6 +94,17 @@ class Dialect:
         """``column IN (...)`` in this engine's cheapest form."""
         return column.in_(list(values))
 
+    def estimated_rows(self, conn: sa.Connection, table: sa.Table) -> int | None:
+        """*table*'s row count as the engine's statistics estimate it, without a scan;
+        None where the engine keeps none (or has not gathered them yet)."""
+        return None
+
+    def sampled(self, conn: sa.Connection, table: sa.Table, pages: int) -> sa.FromClause | None:
+        """*table* as a random sample of about *pages* of its pages (its rows on them),
+        read without a scan; the same sample every time.  None where the engine
+        cannot sample (or keeps no page count for the table yet)."""
+        return None
+
     def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
         """Statements that reclaim the space of deleted rows in *tables* (``run --vacuum``),
         run outside a transaction; [] where the engine has none."""
@@ -156,6 +167,10 @@ class Dialect:
                 out.append(tuple(values))
             rows = out
         conn.exec_driver_sql(sql, rows)
+
+
+SAMPLE_SEED = 20261204
+"""Seed of the engines' repeatable samples: the same table gives the same sample."""
 
 
 def limits(options: dict[str, Any]) -> tuple[int, int]:
@@ -319,6 +334,28 @@ class PostgreSQLDialect(Dialect):
             return []
         return ["SET statement_timeout = 0", *(f"VACUUM FULL {quote(t)}" for t in tables)]
 
+    def estimated_rows(self, conn: sa.Connection, table: sa.Table) -> int | None:
+        """``pg_class.reltuples``: kept by VACUUM, ANALYZE and autovacuum (-1: never)."""
+        name = conn.dialect.identifier_preparer.format_table(table)
+        got = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": name},
+        ).scalar()
+        return int(got) if got is not None and got > 0 else None
+
+    def sampled(self, conn: sa.Connection, table: sa.Table, pages: int) -> sa.FromClause | None:
+        """``TABLESAMPLE SYSTEM … REPEATABLE``: whole pages picked at random, only those
+        read; the share from ``pg_class.relpages`` (0 until VACUUM or ANALYZE)."""
+        name = conn.dialect.identifier_preparer.format_table(table)
+        relpages = conn.execute(
+            sa.text("SELECT relpages FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": name},
+        ).scalar()
+        if not relpages or relpages <= 0:
+            return None
+        percent = min(100.0, 100.0 * pages / relpages)
+        return sa.tablesample(table, sa.func.system(percent), seed=sa.literal(SAMPLE_SEED))
+
     def stored_type(self, column: sa.Column[Any]) -> sa.types.TypeEngine[Any] | None:
         """Text, for the types whose Python form is not exact: an ``interval`` of
         ``1 mon`` reads as 30 days (and would be written back as ``30 days``), a
@@ -440,6 +477,18 @@ class MySQLDialect(Dialect):
     )
     key_chunk = 5000
     default_port = 3306
+
+    def estimated_rows(self, conn: sa.Connection, table: sa.Table) -> int | None:
+        """``information_schema.TABLES.TABLE_ROWS``: InnoDB's estimate from its index
+        statistics (exact for MyISAM)."""
+        got = conn.execute(
+            sa.text(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+            ),
+            {"schema": table.schema, "name": table.name},
+        ).scalar()
+        return int(got) if got else None
 
     def compact_statements(self, engine: sa.Engine, tables: Sequence[str]) -> list[str]:
         """``OPTIMIZE TABLE``: InnoDB rebuilds each table without the deleted rows."""

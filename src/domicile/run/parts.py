@@ -2,9 +2,11 @@
 
 A (dataset, source) pair of one pass is moved as one or more *parts*, each a
 key range ``(lo, hi]`` read as one indexed range scan, page after page —
-never by OFFSET.  The boundaries come from the data: every n-th key in key
-order (one pass over the key's index, in the database), so each part holds
-about as many rows as the next whatever the keys look like.  They are
+never by OFFSET.  The boundaries come from the data, so each part holds about
+as many rows as the next whatever the keys look like: for a large table the
+quantiles of a random sample of its keys that the engine reads without a scan
+(PostgreSQL), otherwise every n-th key in key order (one pass over the key's
+index, in the database).  They are
 journalled before any part starts, and a resume reuses them: a part's
 batches are numbered from ``part_no * PART_SEQ``, so a part finds its own
 batches again however the data changed since.
@@ -35,6 +37,14 @@ PART_SEQ = 1_000_000
 
 PARTS_PER_WORKER = 4
 """Parts per worker when a table is split: uneven parts still keep every worker busy."""
+
+SAMPLE_ABOVE = 2_000_000
+"""Rows (as the engine's statistics estimate them) from which a table is cut at the
+quantiles of a sample of its keys rather than by one pass over its key index."""
+
+SAMPLE_PAGES_PER_PART = 64
+"""Pages sampled per part: a page's rows are often neighbours in key order, so the
+spread of a part's size is about one over the square root of its sampled pages."""
 
 
 @dataclass(frozen=True)
@@ -149,13 +159,26 @@ def parts_for(
 def split_points(loc: Location, wanted: int, batch_size: int) -> list[tuple[Any, ...]]:
     """Up to ``wanted - 1`` keys that cut the table into parts of about equal rows.
 
-    Every ``step``-th key in key order, numbered by the database
-    (``row_number()`` over the key's index); no part smaller than a batch.
+    A table the engine's statistics put at :data:`SAMPLE_ABOVE` rows or more
+    is cut at the quantiles of a random sample of its keys, where the engine
+    samples without a scan (PostgreSQL ``TABLESAMPLE SYSTEM``): the cost is the
+    sample's, not the table's.  Otherwise every ``step``-th key in key order,
+    numbered by the database (``row_number()`` over the key's index: one pass,
+    in the database), counted exactly unless the statistics already say the
+    table is large.  No part is smaller than a batch.
     """
     table, key = loc.table, loc.key
     cols = key_columns(table, key)
+    behaviour = loc.store.behaviour
     with loc.store.connect(f"splitting {table.name} into parts") as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        estimate = behaviour.estimated_rows(conn, table)
+        large = estimate is not None and estimate >= SAMPLE_ABOVE
+        if large:
+            assert estimate is not None
+            found = _sampled(conn, loc, cols, estimate, wanted, batch_size)
+            if found is not None:
+                return found
+        count = estimate if large and estimate is not None else _count(conn, table)
         n = min(wanted, max(1, math.floor(count / max(1, batch_size))))
         if n <= 1:
             return []
@@ -168,7 +191,63 @@ def split_points(loc: Location, wanted: int, batch_size: int) -> list[tuple[Any,
             .order_by(*[numbered.c[c.name] for c in cols])
         )
         found = [tuple(r) for r in conn.execute(q)]
+    log.info(
+        "%s@%s: %d part bounds from one pass over %s keys",
+        table.name, loc.store.name, len(found[: n - 1]),
+        f"~{count:,}" if large else f"{count:,}",
+    )  # fmt: skip
     # the last key ends the last part anyway: an upper bound there is no cut
+    return found[: n - 1]
+
+
+def _count(conn: sa.Connection, table: sa.Table) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _sampled(
+    conn: sa.Connection,
+    loc: Location,
+    cols: list[sa.Column[Any]],
+    estimate: int,
+    wanted: int,
+    batch_size: int,
+) -> list[tuple[Any, ...]] | None:
+    """Part bounds at the quantiles of a sample of the table's pages; None where the
+    engine cannot sample or the sample is too small to cut the parts from.
+
+    The quantiles are worked out by the database (``ntile`` over the sampled
+    keys, the last key of each tile): only the bounds come back.
+    """
+    n = min(wanted, max(1, math.floor(estimate / max(1, batch_size))))
+    if n <= 1:
+        return []
+    sample = loc.store.behaviour.sampled(conn, loc.table, SAMPLE_PAGES_PER_PART * n)
+    if sample is None:
+        return None
+    scols = [sample.c[c.name] for c in cols]
+    tiled = sa.select(*scols, sa.func.ntile(n).over(order_by=scols).label("_dm_tile")).subquery()
+    tcols = [tiled.c[c.name] for c in cols]
+    last = sa.func.row_number().over(
+        partition_by=tiled.c["_dm_tile"], order_by=[c.desc() for c in tcols]
+    )
+    ranked = sa.select(*tcols, tiled.c["_dm_tile"], last.label("_dm_last")).subquery()
+    q = (
+        sa.select(*[ranked.c[c.name] for c in cols])
+        .where(ranked.c["_dm_last"] == 1)
+        .order_by(ranked.c["_dm_tile"])
+    )
+    found = [tuple(r) for r in conn.execute(q)]
+    if len(found) < n:
+        log.info(
+            "%s@%s: a sample of %d pages held too few keys for %d parts: one pass instead",
+            loc.table.name, loc.store.name, SAMPLE_PAGES_PER_PART * n, n,
+        )  # fmt: skip
+        return None
+    log.info(
+        "%s@%s: %d part bounds from a sample of about %d pages of ~%s rows",
+        loc.table.name, loc.store.name, n - 1, SAMPLE_PAGES_PER_PART * n, f"{estimate:,}",
+    )  # fmt: skip
+    # the last tile's last key ends the last part anyway: no cut there
     return found[: n - 1]
 
 
