@@ -7,6 +7,7 @@ read with the test's SQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import itertools
 import json
@@ -23,11 +24,22 @@ import yaml
 
 import fleetkit
 from crashrun import command
+from domicile.datamap import load_map
 from domicile.demo import build_demo
 from domicile.run.fence import Fenced, claim
 from domicile.run.journal import BatchRow, Journal
 from domicile.run.journal_records import now, parts
 from invariants import check_invariants, snapshot
+from mediakit import (
+    add_video,
+    assert_objects,
+    expected_objects,
+    hidden_leftovers,
+    no_object_lost,
+    object_snapshot,
+    users_of,
+    write_object,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -363,3 +375,132 @@ def test_parts_of_one_postgresql_source_delete_in_parallel(tmp_path, make_db):
     check_invariants(path, before, snapshot(path))
     split = _state_rows(path, "SELECT count(*) FROM domicile_parts")[0][0]
     assert split > 1  # the tables were cut into parts that ran together
+
+
+# -- objects on the workers: object datasets, and objects abroad of rows already home ------
+
+
+def _upload_abroad(path: Path) -> str:
+    """A US user's row at home naming a new upload that still went to media-sg; its key."""
+    m = load_map(path)
+    owner = users_of(path, "US", "us-tx")[0]
+    key = f"videos/{owner}/uploaded-abroad.mp4"
+    write_object(m.stores["media-sg"], key, b"a new upload that still went to the old bucket")
+    add_video(path, "us-tx", owner, key, created_at=dt.datetime(2024, 5, 1, 12, 0))
+    return key
+
+
+OBJECT_BATCHES = (
+    "SELECT b.dataset, b.source, b.seq, b.state, p.part_no, p.token, p.holder "
+    "FROM domicile_batches b LEFT JOIN domicile_parts p ON p.run_id = b.run_id "
+    "AND p.dataset = b.dataset AND p.source = b.source AND p.pass_no = b.pass_no "
+    "AND b.seq >= p.part_no * 1000000 AND b.seq < (p.part_no + 1) * 1000000 "
+    "WHERE b.source LIKE 'media-%' AND b.pass_no = 1 ORDER BY b.id"
+)  # media-*: the demo's object stores; a batch from one is of objects, never of rows
+
+
+def test_objects_move_on_the_dask_workers_as_the_local_executor_moves_them(tmp_path):
+    """An object dataset (avatars) and the objects abroad of a row already home, on 2 workers.
+
+    Each (dataset, object store) pair is a part of its own, claimed by a Dask
+    worker; the result equals a threaded run's on an identical fleet.
+    """
+    maps = {}
+    for name in ("local", "dask"):
+        maps[name] = build_demo(tmp_path / name, users=120, seed=13, media=True)
+        upload = _upload_abroad(maps[name])
+    before = snapshot(maps["dask"])
+    assert _plain(snapshot(maps["local"])) == _plain(before)  # the same fleet twice
+    assert _files(tmp_path / "local") == _files(tmp_path / "dask")
+    objects_before = object_snapshot(maps["dask"])
+    expected = expected_objects(maps["dask"], objects_before)
+    assert upload in expected["media-us"] and upload not in expected["media-sg"]
+    code, out = _domicile("run", "--workers", "2", "--batch-size", "20", "-c", str(maps["local"]))
+    assert code == 0, out
+    code, out = _domicile(
+        "run", "--executor", "dask", "--workers", "2", "--batch-size", "20",
+        "-c", str(maps["dask"]),
+    )  # fmt: skip
+    assert code == 0, out
+    after = snapshot(maps["dask"])
+    assert _plain(snapshot(maps["local"])) == _plain(after)
+    check_invariants(maps["dask"], before, after)
+    assert _files(tmp_path / "local") == _files(tmp_path / "dask")
+    objects = object_snapshot(maps["dask"])
+    assert_objects(expected, objects)  # as worked out from the rows and the map, independently
+    assert not hidden_leftovers(objects)
+    # every batch of objects lies in a part that a Dask worker claimed, numbered from it
+    batches = _state_rows(maps["dask"], OBJECT_BATCHES)
+    assert "avatars" in {d for d, *_ in batches}, batches
+    assert ("videos", "media-sg") in {(d, s) for d, s, *_ in batches}, batches  # the upload
+    for ds, source, seq, state, part_no, token, holder in batches:
+        assert state == "done", (ds, source, seq)
+        assert part_no == 1 and seq >= 1_000_000, (ds, source, seq)
+        assert token >= 1 and holder and "tcp://" in holder, (ds, source, holder)
+    # the threaded run journalled them as always: no part rows, batches numbered from 1
+    local = _state_rows(maps["local"], OBJECT_BATCHES)
+    assert local and all(part_no is None and seq < 1_000_000 for _, _, seq, _, part_no, *_ in local)
+    code, out = _domicile("audit", "verify", "-c", str(maps["dask"]))
+    assert code == 0, out
+
+
+def _copied_in(tmp_path: Path, dataset: str, k: int, users: int, seed: int) -> int:
+    """Which time a threaded run reaches ``copied`` in its k-th batch of *dataset* (a probe run).
+
+    One thread: copy-side states are journalled batch by batch, in batch id
+    order, so the journal of a run on an identical fleet tells.
+    """
+    path = build_demo(tmp_path / "probe", users=users, seed=seed, media=True)
+    code, out = _domicile("run", "--batch-size", "8", "-c", str(path))
+    assert code == 0, out
+    order = [d for (d,) in _state_rows(path, "SELECT dataset FROM domicile_batches ORDER BY id")]
+    seen = [i for i, d in enumerate(order, 1) if d == dataset]
+    assert len(seen) >= k, f"only {len(seen)} {dataset} batches"
+    return seen[k - 1]
+
+
+def test_killed_inside_an_object_dataset_then_resumed_on_dask(tmp_path):
+    """SIGKILL a threaded run inside an object dataset's batch; resume it with --executor dask.
+
+    The pair the threaded run had begun has batches but no part: the
+    coordinator finishes it; a pair it had not begun is a part a worker claims.
+    """
+    nth = _copied_in(tmp_path, "avatars", 2, users=60, seed=21)
+    path = build_demo(tmp_path / "fleet", users=60, seed=21, media=True)
+    before, objects_before = snapshot(path), object_snapshot(path)
+    expected = expected_objects(path, objects_before)
+    crashed = subprocess.run(
+        command("run", "--batch-size", "8", "-c", str(path), crash=f"copied:{nth}"),
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    no_object_lost(objects_before, object_snapshot(path))
+    begun = _state_rows(path, OBJECT_BATCHES)
+    assert [d for d, *_ in begun].count("avatars") == 2, begun  # killed in the second
+    assert all(part_no is None for *_, part_no, _, _ in begun)  # journalled without a part
+    run_id = _state_rows(path, "SELECT id FROM domicile_runs")[0][0]
+    code, out = _domicile(
+        "run", "--resume", run_id, "--executor", "dask", "--workers", "2", "-c", str(path)
+    )
+    assert code == 0, out
+    check_invariants(path, before, snapshot(path))
+    objects = object_snapshot(path)
+    assert_objects(expected, objects)
+    assert not hidden_leftovers(objects)
+    batches = _state_rows(path, OBJECT_BATCHES)
+    assert all(state == "done" for _, _, _, state, *_ in batches), batches
+    implicit = {(d, s) for d, s, seq, _, part_no, _, _ in batches if part_no is None}
+    parted = {(d, s) for d, s, seq, _, part_no, _, _ in batches if part_no is not None}
+    assert ("avatars", begun[-1][1]) in implicit  # finished by the coordinator, as begun
+    assert parted, batches  # the demo's other avatars store was not begun: a worker's part
+    assert not implicit & parted  # a pair is one part or the other, never both
+    for d, s, seq, _, part_no, token, holder in batches:
+        if part_no is None:
+            assert seq < 1_000_000 and not _state_rows(
+                path, f"SELECT 1 FROM domicile_parts WHERE dataset = '{d}' AND source = '{s}' "
+                "AND pass_no = 1"
+            ), (d, s)  # fmt: skip
+        else:
+            assert token >= 1 and "tcp://" in holder, (d, s, holder)
+    code, out = _domicile("audit", "verify", "-c", str(path))
+    assert code == 0, out

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between looks at the event queue and the stop flag
 
+WORKER_CONFIG = {
+    # the statistical profiler samples every thread's stack every 10 ms, taking
+    # the GIL from the part's thread each time; the GIL monitor polls every 1 ms
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
+"""Dask settings for the workers of a LocalCluster this executor starts (a cluster
+you run yourself takes them from its own configuration: see the README)."""
+
 
 class WorkerLost(DomicileError, Transient):
     """Dask gave up on a part after its workers died too often."""
@@ -51,14 +60,17 @@ class DaskExecutor:
         self.address = address
         self._cluster = None
         if address is None:
-            self._cluster = LocalCluster(
-                n_workers=max(1, workers),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-                **cluster,
-            )
+            import dask.config
+
+            with dask.config.set(WORKER_CONFIG):  # handed to the worker processes it starts
+                self._cluster = LocalCluster(
+                    n_workers=max(1, workers),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                    **cluster,
+                )
             self.client = Client(self._cluster)
         else:
             refuse_local_state(m, address)

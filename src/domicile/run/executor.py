@@ -28,6 +28,7 @@ from domicile.run.batch import Mover
 from domicile.run.context import Progress, RunContext, RunOptions, preflight
 from domicile.run.depends import changed, depends_of
 from domicile.run.executors import make_executor
+from domicile.run.heap import tune_for_moves
 from domicile.run.home_blobs import HomeBlobMover
 from domicile.run.home_schema import advance_home, check_homes, home_needs
 from domicile.run.journal import Journal, RunRecord
@@ -110,6 +111,7 @@ def execute(
     resume.  Each is checked before anything is written anywhere.
     """
     started = time.monotonic()
+    tune_for_moves()
     journal.set_key(deployment_key(m))
     with (
         acquire_lease(journal.engine, run_id=resume, break_lease=options.break_lease) as lease,

@@ -2,7 +2,8 @@
 
 The pass loop (:mod:`domicile.run.passes`) hands an executor the parts of one
 dataset at a time — every part copied before its children's, deleted after
-them — and waits until all are done.  ``--executor local`` (the default) runs
+them — and waits until all are done; then the object pairs of the pass (one
+part each, :mod:`domicile.run.object_parts`).  ``--executor local`` (the default) runs
 them on ``--workers`` threads of this process.  ``--executor dask`` starts a
 ``distributed.LocalCluster`` of ``--workers`` processes on this machine, and
 ``--executor tcp://host:8786`` uses an existing Dask scheduler: each part is
@@ -14,18 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from domicile.errors import ConfigError
 
 if TYPE_CHECKING:
-    from domicile.fleet import Location
     from domicile.model import DataMap, Dataset
     from domicile.run.context import RunContext
     from domicile.run.parts import Part
 
-Work = tuple["Dataset", "Location", "Part"]
-PartFn = Callable[["RunContext", "Dataset", "Location", "Part"], None]
+Place = TypeVar("Place")
+"""Where a part's records are: a SQL :class:`~domicile.fleet.Location`, or an object store."""
+
+Work = tuple["Dataset", Place, "Part"]
+PartFn = Callable[["RunContext", "Dataset", Place, "Part"], None]
 
 
 class Executor(Protocol):
@@ -34,8 +37,15 @@ class Executor(Protocol):
     workers: int
     fenced: bool  # parts run in other processes: each needs a journal row and a token
 
-    def run(self, ctx: RunContext, phase: str, fn: PartFn, work: Sequence[Work]) -> None:
-        """Run ``fn(ctx, *w)`` for every *w* (*phase*: ``copy`` or ``delete``)."""
+    def run(
+        self, ctx: RunContext, phase: str, fn: PartFn[Place], work: Sequence[Work[Place]]
+    ) -> None:
+        """Run ``fn(ctx, *w)`` for every *w*.
+
+        *phase* names what *fn* does, for an executor that runs the part in
+        another process (:mod:`domicile.run.worker`): ``copy`` or ``delete``
+        (rows), or one of :data:`domicile.run.object_parts.STEPS` (objects).
+        """
 
     def close(self) -> None:
         """Let go of threads, processes or the cluster connection."""
@@ -49,7 +59,9 @@ class LocalExecutor:
     def __init__(self, workers: int = 1):
         self.workers = max(1, workers)
 
-    def run(self, ctx: RunContext, phase: str, fn: PartFn, work: Sequence[Work]) -> None:
+    def run(
+        self, ctx: RunContext, phase: str, fn: PartFn[Place], work: Sequence[Work[Place]]
+    ) -> None:
         """Run the parts on up to ``workers`` threads; the first failure is raised."""
         if self.workers <= 1 or len(work) <= 1:
             for ds, loc, part in work:

@@ -1,18 +1,20 @@
 """The pass loop: copy and verify in copy order, then compare-and-delete in delete order.
 
-Each (dataset, source) pair is walked batch by batch; each batch is driven
-through the protocol by :func:`domicile.run.protocol.settle`, never by this
-module.  Objects abroad that rows which do not move name (rows already home)
-are a payload of their own (:mod:`domicile.run.home_blobs`), copied first
-and deleted last.  A stop asked for by a signal is honoured between batches.
+Each (dataset, source) pair is walked batch by batch, part by part; each
+batch is driven through the protocol by :func:`domicile.run.protocol.settle`,
+never by this module.  The parts run on the run's executor: the parts of a
+table (:mod:`domicile.run.parts`) and the object pairs — object datasets, and
+objects abroad that rows which do not move name (rows already home), a
+payload of their own copied first and deleted last
+(:mod:`domicile.run.object_parts`).  With the local executor the object pairs
+run on this process's threads; with a fenced one (Dask) each is a part a
+worker claims.  A stop asked for by a signal is honoured between batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
 
 from domicile.connectors.objects import ObjectStore
 from domicile.fleet import Location
@@ -20,12 +22,25 @@ from domicile.model import Dataset
 from domicile.run.batch import Mover
 from domicile.run.batch_sweep import sweep_home_copies
 from domicile.run.context import RunContext
-from domicile.run.executors import PartFn, Work
-from domicile.run.home_blobs import HomeBlobMover, staying_blobs
-from domicile.run.journal import BatchRecord, BatchRow
-from domicile.run.objects_move import ObjectMover
+from domicile.run.executors import PartFn, Place, Work
+from domicile.run.journal import BatchRow
+from domicile.run.object_parts import (
+    HOME_BLOBS_COPY,
+    HOME_BLOBS_DELETE,
+    OBJECTS_COPY,
+    OBJECTS_DELETE,
+    STEPS,
+    copy_home_blob_part,
+    copy_home_blobs,
+    delete_batches,
+    delete_home_blob_part,
+    delete_home_blobs,
+    home_blob_batches,
+    home_blob_sources,
+    object_part,
+)
 from domicile.run.parts import PARTS_PER_WORKER, Part, journalled, parts_for
-from domicile.run.protocol import BatchState, Payload, settle
+from domicile.run.protocol import BatchState, settle
 
 
 def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
@@ -67,28 +82,7 @@ def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> Non
 def delete_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
     """Compare-and-delete at the source every verified batch of one part."""
     mover = Mover(ctx, ds, source)
-    _delete_batches(ctx, mover, ds.name, source.store.name, part.pass_no, part)
-
-
-def _delete_batches(
-    ctx: RunContext,
-    payload: Payload,
-    dataset: str,
-    source: str,
-    pass_no: int,
-    part: Part | None = None,
-) -> None:
-    for b in ctx.journal.batches(ctx.run_id, dataset, source):
-        if b.pass_no != pass_no or b.state == BatchState.DONE:
-            continue
-        if part is not None and not part.holds(b):
-            continue
-        ctx.stop.check()
-        ctx.check_lease()  # a run that lost its lease (broken by an operator) deletes nothing
-        before = b.counts.get("deleted", 0)
-        settle(ctx.journal, payload, b.id, ctx.retry, until=BatchState.DONE)
-        deleted = ctx.journal.batch(b.id).counts.get("deleted", 0) - before
-        ctx.progress("deleted", dataset, deleted)
+    delete_batches(ctx, mover, ds.name, source.store.name, part.pass_no, part)
 
 
 def _sources(ctx: RunContext, dataset: str) -> list[str]:
@@ -110,23 +104,23 @@ def _pairs(ctx: RunContext, dataset: str) -> list[tuple[Dataset, Location]]:
     return out
 
 
-def _parallel(ctx: RunContext, fn: Callable[..., None], pairs: list[Any], pass_no: int) -> None:
-    """Object datasets: one (dataset, store) per thread of this process."""
-    if ctx.options.workers <= 1 or len(pairs) <= 1:
-        for ds, loc in pairs:
-            fn(ctx, ds, loc, pass_no)
+def _parallel(ctx: RunContext, fn: PartFn[ObjectStore], work: list[Work[ObjectStore]]) -> None:
+    """Object pairs on this process's threads: one (dataset, store) per thread."""
+    if ctx.options.workers <= 1 or len(work) <= 1:
+        for ds, store, part in work:
+            fn(ctx, ds, store, part)
         return
     with ThreadPoolExecutor(max_workers=ctx.options.workers) as pool:
-        futures = [pool.submit(fn, ctx, ds, loc, pass_no) for ds, loc in pairs]
+        futures = [pool.submit(fn, ctx, ds, store, part) for ds, store, part in work]
         for f in futures:
             f.result()
 
 
-def _copy_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
+def _copy_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work[Location]]:
     """The parts to copy of every source of *dataset*: split now, or as journalled."""
     executor = ctx.executor
     wanted = executor.workers * PARTS_PER_WORKER if executor.workers > 1 else 1
-    out: list[Work] = []
+    out: list[Work[Location]] = []
     for ds, loc in _pairs(ctx, dataset):
         for part in parts_for(
             ctx.journal, ctx.run_id, loc, ds.name, pass_no,
@@ -136,9 +130,9 @@ def _copy_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
     return out
 
 
-def _delete_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
+def _delete_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work[Location]]:
     """The parts of *dataset* this pass journalled (the implicit one where none)."""
-    out: list[Work] = []
+    out: list[Work[Location]] = []
     for ds, loc in _pairs(ctx, dataset):
         found = journalled(ctx.journal, ctx.run_id, ds.name, loc.store.name, pass_no)
         for part in found or [Part(ds.name, loc.store.name, pass_no)]:
@@ -146,7 +140,7 @@ def _delete_parts(ctx: RunContext, dataset: str, pass_no: int) -> list[Work]:
     return out
 
 
-def _run(ctx: RunContext, phase: str, fn: PartFn, work: list[Work]) -> None:
+def _run(ctx: RunContext, phase: str, fn: PartFn[Place], work: list[Work[Place]]) -> None:
     """Run the parts on the run's executor.
 
     A part run in another process needs a journal row to claim: an implicit
@@ -161,89 +155,57 @@ def _run(ctx: RunContext, phase: str, fn: PartFn, work: list[Work]) -> None:
         ctx.executor.run(ctx, phase, fn, work)
 
 
-def _object_pairs(ctx: RunContext) -> list[tuple[Dataset, ObjectStore]]:
-    out = []
+def _object_work(ctx: RunContext, pass_no: int) -> list[Work[ObjectStore]]:
+    """Every object dataset at each of its source object stores: one part each."""
+    fenced = ctx.executor.fenced
+    out: list[Work[ObjectStore]] = []
     for ds in ctx.map.datasets.values():
-        if ds.objects is not None:
-            for store in _sources(ctx, ds.name):
-                if store in ctx.fleet.objects:
-                    out.append((ds, ctx.fleet.objects[store]))
+        if ds.objects is None:
+            continue
+        for store in _sources(ctx, ds.name):
+            if store in ctx.fleet.objects:
+                part = object_part(ctx.journal, ctx.run_id, ds.name, store, pass_no, fenced=fenced)
+                out.append((ds, ctx.fleet.objects[store], part))
     return out
 
 
-def _copy_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
-    mover = ObjectMover(ctx, ds, source)
-    journal = ctx.journal
-    current = [b for b in journal.batches(ctx.run_id, ds.name, source.name) if b.pass_no == pass_no]
-    for b in current:
-        ctx.stop.check()
-        settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
-    after = str(current[-1].hi[0]) if current else None
-    seq = current[-1].seq + 1 if current else 1
-    rows = ctx.retry.call(partial(mover.moving, after))
-    size = ctx.options.batch_size
-    for start in range(0, len(rows), size):
-        ctx.stop.check()
-        chunk = rows[start : start + size]
-        lo = (after,) if after is not None else None
-        hi = chunk[-1].key
-        batch_id = journal.add_batch(ctx.run_id, ds.name, source.name, pass_no, seq, lo, hi, chunk)
-        seq += 1
-        after = str(hi[0])
-        settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED)
-        ctx.progress("copied", ds.name, len(chunk))
+def _run_objects(ctx: RunContext, phase: str, work: list[Work[ObjectStore]]) -> None:
+    """Object parts on this process's threads, or (a fenced executor) on its workers."""
+    fn = STEPS[phase]
+    if ctx.executor.fenced:
+        _run(ctx, phase, fn, work)
+    else:
+        _parallel(ctx, fn, work)
 
 
-def _delete_objects(ctx: RunContext, ds: Dataset, source: ObjectStore, pass_no: int) -> None:
-    _delete_batches(ctx, ObjectMover(ctx, ds, source), ds.name, source.name, pass_no)
+def _home_blob_work(ctx: RunContext, ds: Dataset, pass_no: int) -> list[Work[ObjectStore]]:
+    """One fenced part per source object store of the objects abroad of *ds*'s staying rows.
 
-
-def _home_blob_batches(ctx: RunContext, ds: Dataset, pass_no: int) -> list[BatchRecord]:
-    """This pass's batches of objects that rows staying put name (their source: an object store)."""
-    return [
-        b
-        for b in ctx.journal.batches(ctx.run_id, ds.name)
-        if b.pass_no == pass_no and b.source in ctx.fleet.objects
-    ]
+    The stores the plan names, and any this pass journalled batches of (a resume).
+    """
+    batches = home_blob_batches(ctx, ds, pass_no)
+    sources = dict.fromkeys([*home_blob_sources(ctx, ds), *(b.source for b in batches)])
+    out: list[Work[ObjectStore]] = []
+    for store in sources:
+        part = object_part(ctx.journal, ctx.run_id, ds.name, store, pass_no, fenced=True)
+        out.append((ds, ctx.fleet.objects[store], part))
+    return out
 
 
 def _copy_home_blobs(ctx: RunContext, ds: Dataset, pass_no: int) -> None:
-    """Journal, copy and verify the objects abroad of rows that do not move (already home)."""
-    journal = ctx.journal
-    current = _home_blob_batches(ctx, ds, pass_no)
-    for b in current:  # a resume: finish the copy of what this pass journalled
-        ctx.stop.check()
-        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[b.source])
-        settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
-    # only the object stores the census found violating blobs in are looked at
-    sources = {s for d, s in ctx.plan.blob_sources if d == ds.name and s in ctx.fleet.objects}
-    if not sources:
-        return
-    found = ctx.retry.call(partial(staying_blobs, ctx, ds, sources))
-    for source, rows in found.items():
-        mine = [b for b in current if b.source == source]
-        after = str(mine[-1].hi[0]) if mine else None
-        seq = max((b.seq for b in mine), default=0) + 1
-        rows = [r for r in rows if after is None or str(r.key[0]) > after]
-        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[source])
-        for start in range(0, len(rows), ctx.options.batch_size):
-            ctx.stop.check()
-            chunk = rows[start : start + ctx.options.batch_size]
-            lo = (after,) if after is not None else None
-            hi = chunk[-1].key
-            batch_id = journal.add_batch(ctx.run_id, ds.name, source, pass_no, seq, lo, hi, chunk)
-            seq += 1
-            after = str(hi[0])
-            settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED)
-            ctx.progress("copied", ds.name, len(chunk))
+    """Objects abroad of rows already home: one part per source store on a fenced executor."""
+    if ctx.executor.fenced:
+        _run(ctx, HOME_BLOBS_COPY, copy_home_blob_part, _home_blob_work(ctx, ds, pass_no))
+    else:
+        copy_home_blobs(ctx, ds, pass_no)
 
 
 def _delete_home_blobs(ctx: RunContext, ds: Dataset, pass_no: int) -> None:
-    """Compare-and-delete at their sources the objects :func:`_copy_home_blobs` verified."""
-    sources = dict.fromkeys(b.source for b in _home_blob_batches(ctx, ds, pass_no))
-    for source in sources:
-        mover = HomeBlobMover(ctx, ds, ctx.fleet.objects[source])
-        _delete_batches(ctx, mover, ds.name, source, pass_no)
+    """The compare-and-delete of :func:`_copy_home_blobs`, where it ran."""
+    if ctx.executor.fenced:
+        _run(ctx, HOME_BLOBS_DELETE, delete_home_blob_part, _home_blob_work(ctx, ds, pass_no))
+    else:
+        delete_home_blobs(ctx, ds, pass_no)
 
 
 def run_pass(ctx: RunContext, pass_no: int) -> None:
@@ -269,9 +231,9 @@ def run_pass(ctx: RunContext, pass_no: int) -> None:
         if work:
             _run(ctx, "copy", copy_part, work)
             ctx.journal.mark("dataset-done")
-    objects = _object_pairs(ctx)
-    _parallel(ctx, _copy_objects, objects, pass_no)
-    _parallel(ctx, _delete_objects, objects, pass_no)
+    objects = _object_work(ctx, pass_no)
+    _run_objects(ctx, OBJECTS_COPY, objects)
+    _run_objects(ctx, OBJECTS_DELETE, objects)
     for dataset in reversed(ctx.order):
         _run(ctx, "delete", delete_part, _delete_parts(ctx, dataset, pass_no))
     for ds in reversed(blob_datasets):

@@ -1,5 +1,10 @@
 """What a Dask worker runs: one part of a pass, against its own connections.
 
+A part is a key range of a table (its rows and the objects they name), or an
+object pair: an object dataset at one object store, or the objects abroad
+of one dataset's rows already home at one object store
+(:mod:`domicile.run.object_parts`).
+
 A task carries no secret: the map's path and digest, the run, the plan, the
 part and the names of the run's event queue and stop flag.  The worker opens
 the map itself (``${VAR}`` secrets expand from *its* environment), checks
@@ -30,6 +35,7 @@ from domicile.plan import Plan
 from domicile.run.audit_events import keys_dir
 from domicile.run.context import RunContext, RunOptions
 from domicile.run.fence import claim
+from domicile.run.heap import tune_for_moves
 from domicile.run.journal import Journal
 from domicile.run.lease import LeaseLost, lease_table
 from domicile.run.parts import Part
@@ -46,7 +52,7 @@ class PartTask:
     run_id: str
     plan: Plan
     options: RunOptions
-    phase: str  # copy | delete
+    phase: str  # copy | delete (rows), or an object phase (domicile.run.object_parts.STEPS)
     part: Part
     holder_id: str  # the coordinator's lease
     queue: str  # Dask queue of (kind, payload) for the coordinator
@@ -107,7 +113,8 @@ def _env(task: PartTask) -> _Env:
             )
         env = _Env(m, Fleet(m), state_engine(m.state, m.base_dir), key)
         _envs[wanted] = env
-        return env
+    tune_for_moves()  # once per worker process, as the coordinator does for itself
+    return env
 
 
 class _LeaseView:
@@ -167,7 +174,6 @@ def _run_part(task: PartTask) -> None:
     from distributed import Queue, get_worker
 
     from domicile.run.audit_events import rows_root
-    from domicile.run.passes import copy_part, delete_part
 
     env = _env(task)
     try:
@@ -194,13 +200,28 @@ def _run_part(task: PartTask) -> None:
     ctx = RunContext(env.map, env.fleet, journal, task.run_id, task.plan, options, events, progress)
     ctx.stop = _StopView(task.stop)
     ctx.lease = _LeaseView(env.state, task.holder_id)
-    ds = env.map.datasets[task.part.dataset]
-    loc = env.fleet.location(ds.name, task.part.source)
+    _run_step(ctx, env, task)
+
+
+def _run_step(ctx: RunContext, env: _Env, task: PartTask) -> None:
+    """The step the task's phase names, on the part's own place: a table or an object store."""
+    from domicile.run.object_parts import STEPS
+    from domicile.run.passes import copy_part, delete_part
+
+    part = task.part
+    ds = env.map.datasets[part.dataset]
+    if task.phase in STEPS:
+        store = env.fleet.objects.get(part.source)
+        if store is None:
+            raise ConfigError(f"object store {part.source} is not in the map this worker reads")
+        STEPS[task.phase](ctx, ds, store, part)
+        return
+    if task.phase not in ("copy", "delete"):
+        raise ConfigError(f"unknown phase {task.phase!r} of part {part.describe()}")
+    loc = env.fleet.location(ds.name, part.source)
     if loc is None:
-        raise ConfigError(
-            f"dataset {ds.name} is not in store {task.part.source} as this worker sees it"
-        )
-    (copy_part if task.phase == "copy" else delete_part)(ctx, ds, loc, task.part)
+        raise ConfigError(f"dataset {ds.name} is not in store {part.source} as this worker sees it")
+    (copy_part if task.phase == "copy" else delete_part)(ctx, ds, loc, part)
 
 
 def per_worker(options: RunOptions, workers: int) -> RunOptions:
