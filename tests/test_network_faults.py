@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,13 @@ def _ssl_request(sock: socket.socket) -> None:
     sock.sendall(struct.pack("!ii", 8, 80877103))
 
 
+def _only_one_open(proxy: FaultProxy) -> None:
+    """Wait until the proxy has seen the previous client go (its close is asynchronous)."""
+    deadline = time.monotonic() + 10
+    while proxy.open_connections > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_proxy_forwards_drops_resets_stalls_and_refuses(make_db):
     url = make_db("postgresql")
     with FaultProxy.for_url(url, "postgresql") as proxy:
@@ -145,11 +153,13 @@ def test_proxy_forwards_drops_resets_stalls_and_refuses(make_db):
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
             _ssl_request(s)
             assert s.recv(1) in (b"N", b"S")
+            _only_one_open(proxy)
             assert proxy.drop() == 1
             assert s.recv(1) == b""  # a FIN: end of stream
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
             _ssl_request(s)
             assert s.recv(1) in (b"N", b"S")
+            _only_one_open(proxy)
             assert proxy.reset() == 1
             with pytest.raises(ConnectionResetError):
                 s.recv(1)

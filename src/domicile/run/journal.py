@@ -22,12 +22,12 @@ an older version is migrated where that is simple, a newer one refused.
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,6 +46,8 @@ from domicile.run.journal_pack import (
 )
 from domicile.run.journal_records import (
     ALLOWED,
+    BATCH_FIELDS,
+    META,
     SCHEMA_VERSION,
     STATES,
     BatchRecord,
@@ -57,6 +59,7 @@ from domicile.run.journal_records import (
     batch_mac,
     batch_rows,
     batches,
+    check_mac,
     key_text,
     key_values,
     now,
@@ -269,7 +272,7 @@ class Journal:
     def batch(self, batch_id: int) -> BatchRecord:
         """One batch (as stored; see :meth:`checked_batch` before acting on it)."""
         with self._connect("reading the journal") as conn:
-            row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
+            row = conn.execute(sa.select(*META).where(batches.c.id == batch_id)).one()
         return self._batch(row)
 
     def checked_batch(self, batch_id: int, *, fresh: bool = False) -> BatchRecord:
@@ -284,29 +287,13 @@ class Journal:
             self._check(conn, row, key, fresh=fresh)
         return self._batch(row)
 
-    def _check(self, conn: sa.Connection, row: Any, key: bytes, *, fresh: bool = False) -> None:
-        """Raise :class:`JournalTampered` unless *row*'s MAC matches its fields and rows.
-
-        The rows are hashed as stored every time (one SHA-256 over the packed
-        record); *fresh* is kept for callers that ask for it explicitly.
-        """
-        if row.mac is None:
-            raise JournalTampered(
-                f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}) carries "
-                "no MAC: it was journalled by an older domicile or written outside domicile",
-                where="the journal",
-                hint=f"nothing was changed; abandon the run (domicile run --abandon "
-                f"{row.run_id}) and start a new one",
-            )
+    def _check(self, conn: sa.Connection, row: Any, key: bytes, *, fresh: bool = False) -> bytes:
+        """Raise :class:`JournalTampered` unless *row*'s MAC matches its fields and rows;
+        returns the rows' fingerprint.  The rows are hashed as stored every time (one
+        SHA-256 over the packed record); *fresh* is kept for callers that ask for it."""
         fp = self._fingerprint(conn, row)
-        if not hmac.compare_digest(row.mac, batch_mac(key, row, fp)):
-            raise JournalTampered(
-                f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}, state "
-                f"{row.state}) does not match its MAC: the journal was edited outside domicile",
-                where="the journal",
-                hint="nothing was deleted; find who changed the state store, compare it with "
-                "the audit log (domicile audit verify), then abandon the run",
-            )
+        check_mac(key, row, fp)
+        return fp
 
     def _fingerprint(self, conn: sa.Connection, row: Any) -> bytes:
         packed = packed_of(row)
@@ -380,8 +367,8 @@ class Journal:
         source: str | None = None,
         states: Iterable[str] | None = None,
     ) -> list[BatchRecord]:
-        """The run's batches in order, optionally filtered."""
-        q = sa.select(batches).where(batches.c.run_id == run_id)
+        """The run's batches in order, optionally filtered (without their packed rows)."""
+        q = sa.select(*META).where(batches.c.run_id == run_id)
         if dataset is not None:
             q = q.where(batches.c.dataset == dataset)
         if source is not None:
@@ -537,7 +524,7 @@ class Journal:
         key = self._key()
         with self._lock, self._begin("journalling a batch state") as conn:
             current = self._row(conn, batch_id)
-            self._check(conn, current, key)
+            fp = self._check(conn, current, key)
             counts_text: str | None = current.counts
             if new_state not in ALLOWED[current.state]:
                 raise IllegalTransition(
@@ -556,8 +543,12 @@ class Journal:
                 merged = json.loads(counts_text) if counts_text else {}
                 merged.update(counts)
                 values["counts"] = json.dumps(merged)
+            # the rows do not change: the new MAC is over the new fields and the
+            # fingerprint just checked, written in the same statement
+            fields = {f: getattr(current, f) for f in BATCH_FIELDS}
+            fields.update({f: v for f, v in values.items() if f in fields})
+            values["mac"] = batch_mac(key, SimpleNamespace(**fields), fp)
             conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
-            self._seal(conn, batch_id, key)
         hooks.point(new_state)
 
     def mark(self, event: str) -> None:

@@ -88,6 +88,9 @@ batches = sa.Table(
     sa.Column("row_notes", sa.Text),
     sa.Index("ix_domicile_batches_run", "run_id", "dataset", "source", "pass_no", "seq"),
 )
+META = [c for c in batches.c if not c.name.startswith("row_")]
+"""A batch's columns without its packed rows: what listing and state reads need."""
+
 # schema 4: one large table's key space split into parts that workers move in
 # parallel; a part's batches are numbered from part_no * PART_SEQ
 parts = sa.Table(
@@ -293,6 +296,27 @@ def batch_mac(key: bytes, batch: Any, rows_fp: bytes) -> str:
     h = hmac.new(key, b"domicile.journal.v2\n" + body.encode() + b"\n", hashlib.sha256)
     h.update(rows_fp)
     return h.hexdigest()
+
+
+def check_mac(key: bytes, row: Any, rows_fp: bytes) -> None:
+    """Raise :class:`JournalTampered` unless the batch *row*'s MAC matches its fields
+    and its rows' fingerprint *rows_fp*."""
+    if row.mac is None:
+        raise JournalTampered(
+            f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}) carries "
+            "no MAC: it was journalled by an older domicile or written outside domicile",
+            where="the journal",
+            hint=f"nothing was changed; abandon the run (domicile run --abandon "
+            f"{row.run_id}) and start a new one",
+        )
+    if not hmac.compare_digest(row.mac, batch_mac(key, row, rows_fp)):
+        raise JournalTampered(
+            f"batch {row.id} of run {row.run_id} ({row.dataset} from {row.source}, state "
+            f"{row.state}) does not match its MAC: the journal was edited outside domicile",
+            where="the journal",
+            hint="nothing was deleted; find who changed the state store, compare it with "
+            "the audit log (domicile audit verify), then abandon the run",
+        )
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,9 @@ def advance(
     ``failed`` batch re-enters the step where it failed.  A step that fails
     for good journals ``failed`` (with the error) and re-raises.
     """
-    batch = journal.checked_batch(batch_id)
+    # which step is next; the step itself (and any transition) checks the
+    # batch's MAC over its rows before it acts
+    batch = journal.batch(batch_id)
     state = BatchState(batch.state)
     if state is BatchState.FAILED:
         again = BatchState.DELETING if batch.failed_in == "delete" else BatchState.COPYING
