@@ -9,16 +9,22 @@ or inserting an entry is detectable by :func:`domicile.audit.verify.verify_log`.
 Events must hold digests, never personal data: hash record keys with
 :func:`domicile.keys.keyed_hash` first.
 
-The same SQLAlchemy Core code runs on SQLite and PostgreSQL.  Appends are
-safe from several processes at once: each takes the next index inside its
-own transaction and retries when another process took it first (the primary
-key makes the second insert fail instead of silently forking the log).
+The same code runs on SQLite and PostgreSQL.  One call to
+:meth:`AuditLog.append_many` is one transaction: all of its entries are
+stored, or (on any failure, a killed process included) none.  Appends are
+safe from several processes at once (a run and the access service share the
+log): an :class:`AuditLog` remembers the next index it expects, so an
+append costs no read; when another writer took that index first, the
+primary key makes the insert fail instead of silently forking the log, and
+the append reads the index again and retries.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +35,13 @@ import sqlalchemy as sa
 from sqlalchemy.types import UserDefinedType
 
 from domicile.audit import merkle
+from domicile.audit.entries import (
+    canonical_json,
+    encode_events,
+    insert_entries,
+    leaf_hashes,
+    utc_now_iso,
+)
 from domicile.audit.note import (
     Checkpoint,
     NoteError,
@@ -40,6 +53,20 @@ from domicile.audit.note import (
 )
 from domicile.audit.note import cosign as cosign_note
 from domicile.errors import AuditIntegrityError, ConfigError
+
+__all__ = [
+    "AuditLog",
+    "StoredCheckpoint",
+    "canonical_json",
+    "checkpoints_table",
+    "create_tables",
+    "entries_table",
+    "read_checkpoints",
+    "stored_origin",
+    "utc_now_iso",
+]
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -97,38 +124,9 @@ checkpoints_table = sa.Table(
 _NEXT_INDEX = sa.select(sa.func.coalesce(sa.func.max(entries_table.c.idx), -1) + 1)
 MAX_APPEND_ATTEMPTS = 100
 _READ_CHUNK = 50_000
-
-
-# One encoder for every entry: json.dumps with options builds a new one per call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-
-
-def canonical_json(event: Mapping[str, Any]) -> bytes:
-    """The canonical bytes of an event: sorted keys, no spaces, UTF-8, no NaN.
-
-    The encoder escapes every control character, so an entry never holds a
-    newline: the export can write one entry per line.
-    """
-    try:
-        text = _CANONICAL.encode(event)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"audit event is not plain JSON: {exc}") from exc
-    return text.encode("utf-8")
-
-
-def utc_now_iso() -> str:
-    """The current time as ISO-8601 UTC with microseconds, e.g. ``2026-11-02T10:00:00.000001Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _entry_bytes(event: Mapping[str, Any], now: str) -> bytes:
-    if not isinstance(event, Mapping):
-        raise ConfigError(f"an audit event is a mapping, not {type(event).__name__}")
-    if "time" not in event:
-        event = {**event, "time": now}
-    return canonical_json(event)
+# Leaf hashes an AuditLog keeps of its own appends until a root is asked for
+# (32 bytes each); past this many the store is read instead.
+MAX_KEPT_LEAVES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -161,11 +159,48 @@ def _retryable(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in text or "could not serialize" in text or "deadlock" in text
 
 
+def _read_next(conn: sa.Connection) -> int:
+    """The store's next index (one lookup of the largest one, not a count)."""
+    return int(conn.execute(_NEXT_INDEX).scalar_one())
+
+
+class _KeptLeaves:
+    """The leaf hashes of this process's own appends, packed, not yet in the tree.
+
+    They cover the indices ``[start, start + count)``.  Handing them to the
+    tree spares reading back what was just written; what they do not cover
+    (another writer's entries, or appends past :data:`MAX_KEPT_LEAVES`) is
+    read from the store as before.
+    """
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.packed = bytearray()
+
+    @property
+    def count(self) -> int:
+        return len(self.packed) // merkle.HASH_SIZE
+
+    def add(self, start: int, hashes: Sequence[bytes]) -> None:
+        """Keep *hashes*, appended at *start*, when they continue the run already kept."""
+        if self.count and start != self.start + self.count:
+            return  # another writer's entries lie between: the store has both
+        if self.count + len(hashes) > MAX_KEPT_LEAVES:
+            return
+        if not self.count:
+            self.start = start
+        self.packed += b"".join(hashes)
+
+    def clear(self) -> None:
+        self.packed = bytearray()
+
+
 class AuditLog:
     """The tamper-evident audit log kept in a state store.
 
     *origin* names the log in its checkpoints (``domicile/<name>``); every
-    checkpoint of one log carries the same origin.
+    checkpoint of one log carries the same origin.  One object may be shared
+    by threads: appends and the in-memory tree take a lock.
     """
 
     def __init__(self, engine: sa.Engine, origin: str) -> None:
@@ -174,9 +209,16 @@ class AuditLog:
         self.engine = engine
         self.origin = origin
         create_tables(engine)
+        self._lock = threading.RLock()
         # Leaf hashes read so far; the log is append-only, so a cached prefix
         # stays valid and only newer rows need reading.
         self._tree = merkle.MerkleTree()
+        self._kept = _KeptLeaves()
+        # The index the next append takes: read from the store by the first
+        # append (inside its transaction), then counted here, so that an
+        # append reads nothing.  A wrong guess (another writer appended
+        # meanwhile) fails on the primary key and is read again: None.
+        self._next: int | None = None
 
     # -- appending -------------------------------------------------------
 
@@ -185,28 +227,40 @@ class AuditLog:
         return self.append_many([event])[0]
 
     def append_many(self, events: Iterable[Mapping[str, Any]]) -> range:
-        """Append events in one transaction, contiguously; return their indices."""
-        now = utc_now_iso()
-        blobs = [_entry_bytes(e, now) for e in events]
-        if not blobs:
+        """Append events in one transaction, contiguously; return their indices.
+
+        Each entry is encoded and hashed once, before the transaction; the
+        insert is one batched statement (see :func:`insert_entries`).  When
+        the call returns, its entries are committed; when it raises, none is.
+        """
+        entries = encode_events(events, utc_now_iso())
+        if not entries:
             return range(0)
-        hashes = [merkle.leaf_hash(b) for b in blobs]
+        hashes = leaf_hashes(entries)
+        with self._lock:
+            start = self._insert(entries, hashes)
+            self._next = start + len(entries)
+            self._kept.add(start, hashes)
+        return range(start, start + len(entries))
+
+    def _insert(self, entries: Sequence[bytes], hashes: Sequence[bytes]) -> int:
+        """Insert at the next free index in one transaction; return that index."""
         for attempt in range(MAX_APPEND_ATTEMPTS):
+            guess, self._next = self._next, None  # unknown until this commit succeeds
             try:
                 with self.engine.begin() as conn:
-                    start = conn.execute(_NEXT_INDEX).scalar_one()
-                    conn.execute(
-                        entries_table.insert(),
-                        [
-                            {"idx": start + i, "entry": b, "leaf_hash": h}
-                            for i, (b, h) in enumerate(zip(blobs, hashes, strict=True))
-                        ],
-                    )
-                return range(start, start + len(blobs))
+                    start = guess if guess is not None else _read_next(conn)
+                    insert_entries(conn, entries_table, start, entries, hashes)
+                return start
             except sa.exc.DBAPIError as exc:
                 if not _retryable(exc) or attempt == MAX_APPEND_ATTEMPTS - 1:
                     raise
-                # Another writer took the index; back off a little, at random,
+                if guess is not None:
+                    # Another writer appended since this object last did: read
+                    # the index inside the next attempt's transaction.
+                    log.debug("audit index %d was taken by another writer; reading it again", guess)
+                    continue
+                # The index just read was taken; back off a little, at random,
                 # so that two writers do not collide again in lockstep.
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise AssertionError("unreachable")
@@ -214,9 +268,9 @@ class AuditLog:
     # -- reading ---------------------------------------------------------
 
     def size(self) -> int:
-        """The number of entries (the next index: one index lookup, not a count)."""
+        """The number of entries in the store (other writers' included), read now."""
         with self.engine.connect() as conn:
-            return int(conn.execute(_NEXT_INDEX).scalar_one())
+            return _read_next(conn)
 
     def entry(self, index: int) -> bytes:
         """The stored bytes of entry *index*."""
@@ -234,23 +288,41 @@ class AuditLog:
         return value
 
     def _sync(self) -> merkle.MerkleTree:
-        """The tree of the stored leaf hashes, reading only rows not seen before."""
-        tree = self._tree
+        """The tree of the log's leaf hashes, reading only rows not seen before.
+
+        The leaves of this object's own appends come from memory (the hashes
+        it wrote), everything else from the store's ``leaf_hash`` column.
+        """
+        with self._lock:
+            tree, kept = self._tree, self._kept
+            if kept.count:
+                if tree.size <= kept.start:
+                    self._read_leaves(tree, until=kept.start)
+                if tree.size == kept.start:
+                    tree.extend_packed(kept.packed)
+                kept.clear()  # otherwise a hole or an overlap: the store decides
+            self._read_leaves(tree)
+            return tree
+
+    def _read_leaves(self, tree: merkle.MerkleTree, until: int | None = None) -> None:
+        """Extend *tree* with the stored leaf hashes from its size on (up to *until*).
+
+        Only the contiguous prefix: a hole is a deleted row (which verify
+        reports); nothing after it can be proved.
+        """
         with self.engine.connect() as conn:
-            while True:
-                rows = conn.execute(
-                    sa.select(entries_table.c.idx, entries_table.c.leaf_hash)
-                    .where(entries_table.c.idx >= tree.size)
-                    .order_by(entries_table.c.idx)
-                    .limit(_READ_CHUNK)
-                ).all()
-                # Only the contiguous prefix: a hole is a deleted row (which
-                # verify reports); nothing after it can be proved.
+            while until is None or tree.size < until:
+                query = sa.select(entries_table.c.idx, entries_table.c.leaf_hash).where(
+                    entries_table.c.idx >= tree.size
+                )
+                if until is not None:
+                    query = query.where(entries_table.c.idx < until)
+                rows = conn.execute(query.order_by(entries_table.c.idx).limit(_READ_CHUNK)).all()
                 base = tree.size
                 contiguous = [bytes(leaf) for i, (idx, leaf) in enumerate(rows) if idx == base + i]
                 tree.extend(contiguous)
                 if len(contiguous) < len(rows) or len(rows) < _READ_CHUNK:
-                    return tree
+                    return
 
     def _tree_of(self, size: int | None) -> tuple[merkle.MerkleTree, int]:
         tree = self._sync()
@@ -316,8 +388,9 @@ class AuditLog:
         Refuses to sign a head whose prefix no longer has the root of the
         previous checkpoint (a changed history must not get a fresh signature),
         or whose origin differs from the log's earlier checkpoints.  This checks
-        the stored leaf hashes; :func:`~domicile.audit.verify.verify_log` also
-        rehashes every entry.
+        the stored leaf hashes (for this object's own appends, the hashes it
+        stored); :func:`~domicile.audit.verify.verify_log` also rehashes every
+        entry.
         """
         tree = self._sync()
         previous = self.latest_checkpoint()

@@ -127,11 +127,20 @@ class MerkleTree:
         packed = b"".join(hashes)
         if len(packed) != HASH_SIZE * len(hashes) or any(len(h) != HASH_SIZE for h in hashes):
             raise ValueError(f"every leaf hash has {HASH_SIZE} bytes")
-        if not hashes:
+        self.extend_packed(packed)
+
+    def extend_packed(self, packed: bytes | bytearray) -> None:
+        """Add leaves given as their leaf hashes laid end to end (32 bytes each).
+
+        What :meth:`extend` does after packing; a writer that keeps the
+        hashes it appended packed hands them over without one object each.
+        """
+        if len(packed) % HASH_SIZE:
+            raise ValueError(f"packed leaf hashes come in {HASH_SIZE}-byte units")
+        if not packed:
             return
         levels = self._levels
         levels[0] += packed
-        self._size += len(hashes)
         pair = 2 * HASH_SIZE
         height = 0
         while len(levels[height]) >= pair:
@@ -148,6 +157,8 @@ class MerkleTree:
                 [sha256(b"\x01" + level[o : o + pair]).digest() for o in range(first, last, pair)]
             )
             height += 1
+        # Last: a reader sees the new size only once every node above it exists.
+        self._size += len(packed) // HASH_SIZE
 
     def leaf(self, index: int) -> bytes:
         """The leaf hash at *index*."""

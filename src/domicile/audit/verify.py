@@ -18,9 +18,12 @@ names the entry index or the checkpoint (id and tree size) and says why.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,11 +36,17 @@ from domicile.audit.note import (
     open_checkpoint,
     parse_verifier_keys,
 )
+from domicile.connectors.numbered import read_pages
 from domicile.errors import AuditIntegrityError, ConfigError
 
 ENTRIES_FILE = "entries.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
-_BATCH = 10_000
+# Entries read, hashed and checked at a time: large pages keep the
+# interpreter's work per entry to one hash in a list comprehension.
+_PAGE = 50_000
+
+# One page of stored entries: (index, entry bytes, stored leaf hash or None).
+Row = tuple[int, bytes, bytes | None]
 
 
 class LogTampered(AuditIntegrityError):
@@ -131,16 +140,71 @@ def _open_all(
     return opened
 
 
+def _first_fault(
+    rows: Sequence[Row], expected: int, entry_label: str, *, with_leaves: bool
+) -> LogTampered:
+    """The error for the first row of a page, in index order, that does not check out."""
+    sha256 = hashlib.sha256
+    for offset, (index, entry, stored) in enumerate(rows):
+        if index != expected + offset:
+            missing = expected + offset
+            return LogTampered(
+                f"entry {missing} is missing (the next stored entry is {index})",
+                where=entry_label.format(missing),
+                entry_index=missing,
+            )
+        if not isinstance(entry, bytes | bytearray | memoryview):
+            return LogTampered(
+                f"the entry is stored as {type(entry).__name__}, not bytes: it was changed",
+                where=entry_label.format(index),
+                entry_index=index,
+            )
+        if with_leaves and sha256(b"\x00" + entry).digest() != stored:
+            return LogTampered(
+                "the stored leaf hash is not the hash of the entry's bytes: the entry or its "
+                "hash was changed",
+                where=entry_label.format(index),
+                entry_index=index,
+            )
+    raise AssertionError("a page that failed has no fault")
+
+
+def _page_leaves(
+    rows: Sequence[Row], expected: int, entry_label: str, *, with_leaves: bool
+) -> bytes:
+    """The packed leaf hashes of one page, after checking its indices and stored hashes.
+
+    Indices come from a unique key in order (or are counted), so the first
+    and the last being right means all are; the stored hashes are compared
+    all at once (*with_leaves*: the rows carry them).  Only a page that
+    fails is looked at row by row, to name its first fault.
+    """
+    try:
+        if rows[0][0] == expected and rows[-1][0] == expected + len(rows) - 1:
+            sha256 = hashlib.sha256
+            packed = b"".join([sha256(b"\x00" + entry).digest() for _, entry, _ in rows])
+            stored: list[Any] = [leaf for _, _, leaf in rows] if with_leaves else []
+            if not with_leaves or packed == b"".join(stored):
+                return packed
+    except TypeError:  # an entry or a leaf hash that is not bytes
+        pass
+    raise _first_fault(rows, expected, entry_label, with_leaves=with_leaves)
+
+
 def _verify(
-    entries: Iterable[tuple[int, bytes, bytes | None]],
+    pages: Iterable[Sequence[Row]],
     stored: Sequence[_StoredNote],
     verifiers: Sequence[Verifier],
     *,
     origin: str | None,
     entry_label: str,
+    with_leaves: bool,
     kept: Sequence[_StoredNote] = (),
 ) -> VerifyResult:
     """The checks shared by a log in a database and an exported folder.
+
+    *pages* are the entries in order; *with_leaves* says that each row
+    carries a stored leaf hash (the database's) that must be the entry's.
 
     *kept* are checkpoints held outside the log (exported, published, held
     by a witness): each must verify, name this log, and sign a prefix of it,
@@ -150,28 +214,9 @@ def _verify(
     outside = [_open_all([cp], verifiers, origin)[0] for cp in kept]
 
     tree = merkle.MerkleTree()
-    sha256 = hashlib.sha256
-    pending: list[bytes] = []
-    for expected, (index, entry, stored_leaf) in enumerate(entries):
-        if index != expected:
-            raise LogTampered(
-                f"entry {expected} is missing (the next stored entry is {index})",
-                where=entry_label.format(expected),
-                entry_index=expected,
-            )
-        leaf = sha256(b"\x00" + entry).digest()
-        if stored_leaf is not None and leaf != stored_leaf:
-            raise LogTampered(
-                "the stored leaf hash is not the hash of the entry's bytes: the entry or its "
-                "hash was changed",
-                where=entry_label.format(index),
-                entry_index=index,
-            )
-        pending.append(leaf)
-        if len(pending) >= _BATCH:
-            tree.extend(pending)
-            pending.clear()
-    tree.extend(pending)
+    for rows in pages:
+        if rows:
+            tree.extend_packed(_page_leaves(rows, tree.size, entry_label, with_leaves=with_leaves))
 
     previous: tuple[_StoredNote, Checkpoint] | None = None
     signers: set[str] = set()
@@ -243,14 +288,9 @@ def _verify(
     )
 
 
-def _db_entries(conn: sa.Connection) -> Iterator[tuple[int, bytes, bytes | None]]:
-    result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(
-        sa.select(entries_table.c.idx, entries_table.c.entry, entries_table.c.leaf_hash).order_by(
-            entries_table.c.idx
-        )
-    )
-    for idx, entry, leaf in result:
-        yield int(idx), bytes(entry), bytes(leaf)
+def _db_pages(conn: sa.Connection) -> Generator[Sequence[Row], None, None]:
+    """The stored entries in index order, a page at a time, as the driver returns them."""
+    yield from read_pages(conn, entries_table, ("idx", "entry", "leaf_hash"), _PAGE)
 
 
 def verify_log(
@@ -291,26 +331,35 @@ def verify_log(
             _StoredNote(cp.id, cp.note, cp.tree_size, f"checkpoint {cp.id}")
             for cp in read_checkpoints(conn)
         ]
-        return _verify(
-            _db_entries(conn),
-            stored,
-            verifiers,
-            origin=origin,
-            entry_label="audit entry {}",
-            kept=outside,
-        )
+        # closing: a verification that stops early closes the cursor while
+        # the connection is still open
+        with closing(_db_pages(conn)) as pages:
+            return _verify(
+                pages,
+                stored,
+                verifiers,
+                origin=origin,
+                entry_label="audit entry {}",
+                with_leaves=True,
+                kept=outside,
+            )
 
 
-def _file_entries(path: Path) -> Iterator[tuple[int, bytes, bytes | None]]:
+def _file_pages(path: Path) -> Generator[Sequence[Row], None, None]:
+    """The lines of an exported entries file, a page at a time, without their newlines."""
     with path.open("rb") as f:
-        for index, line in enumerate(f):
-            if not line.endswith(b"\n"):
+        base = 0
+        while lines := list(islice(f, _PAGE)):
+            # Only a file's last line can lack its newline.
+            if not lines[-1].endswith(b"\n"):
+                index = base + len(lines) - 1
                 raise LogTampered(
                     "the last line has no newline: the file was cut or changed",
                     where=f"{path.name} line {index + 1} (entry {index})",
                     entry_index=index,
                 )
-            yield index, line[:-1], None
+            yield [(base + i, line[:-1], None) for i, line in enumerate(lines)]
+            base += len(lines)
 
 
 def read_export_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -342,9 +391,10 @@ def verify_export(
         for cp_id, path in read_export_checkpoints(directory)
     ]
     return _verify(
-        _file_entries(entries_path),
+        _file_pages(entries_path),
         stored,
         verifiers,
         origin=origin,
         entry_label=ENTRIES_FILE + " entry {}",
+        with_leaves=False,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,22 @@ class RunAudit:
         return keystore.load_hmac_key(self.keys_dir)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        rows = event.pop("row_digests", None)
-        if rows is not None:
-            event["rows_root"] = rows_root(rows)
+        """Append one event: a run's protocol steps hand them over one at a time."""
+        self.append_all([event])
+
+    def append_all(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append *events* in one transaction: all of them are in the log, or none.
+
+        For a caller that holds several events at once (the Dask coordinator
+        relaying what its workers queued): one commit for all instead of one
+        each.  A batch's row digests become their Merkle root first.
+        """
+        for event in events:
+            rows = event.pop("row_digests", None)
+            if rows is not None:
+                event["rows_root"] = rows_root(rows)
         with self._lock, state_errors(self.log.engine, "appending to the audit log"):
-            self.log.append(event)
+            self.log.append_many(events)
 
     def _ensure_keys(self) -> None:
         if not (self.keys_dir / "audit.key").exists():
