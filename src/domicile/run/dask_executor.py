@@ -146,15 +146,27 @@ class DaskExecutor:
 
     @staticmethod
     def _relay(ctx: RunContext, queue: Any) -> None:
-        """Hand the workers' audit events and progress to the coordinator's sinks."""
+        """Hand the workers' audit events and progress to the coordinator's sinks.
+
+        The audit events of one look at the queue go to the log together, in
+        one transaction where the sink can take several (``append_all``), in
+        the order the workers queued them.
+        """
+        sink = ctx._events
+        many = getattr(sink, "append_all", None)
         while True:
             items = queue.get(batch=True)
             if not items:
                 return
+            audit = [payload for kind, payload in items if kind == "audit"]
+            if audit and sink is not None:
+                if many is not None:
+                    many(audit)
+                else:
+                    for event in audit:
+                        sink(event)
             for kind, payload in items:
-                if kind == "audit" and ctx._events is not None:
-                    ctx._events(payload)
-                elif kind == "progress":
+                if kind == "progress":
                     ctx.progress(*payload)
 
     def close(self) -> None:
