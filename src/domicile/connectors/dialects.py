@@ -298,7 +298,7 @@ class SQLiteDialect(Dialect):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: key look-ups of big tables
+            cur.execute("PRAGMA cache_size=-16384")  # 16 MiB: key look-ups of big tables
             # deleted rows are overwritten with zeros in the file, not only unlinked
             # (a per-connection setting: nothing persists in the store)
             cur.execute("PRAGMA secure_delete=ON")
