@@ -36,6 +36,7 @@ from domicile.errors import ConfigError
 from domicile.run import hooks
 from domicile.run.fence import Fence
 from domicile.run.journal_pack import (
+    Checked,
     Unpacked,
     fingerprint,
     int_keys,
@@ -108,6 +109,7 @@ class Journal:
         self._lock = threading.Lock()
         self._mac_key = mac_key
         self._unpacked = Unpacked()  # a batch's rows are read at each step
+        self._checked = Checked()  # the records whose MAC this process checked last
         # batch id -> (MAC, source, rows by key text) as read and checked by this process
         self._index: dict[int, tuple[str, str, dict[str, BatchRow]]] = {}
         self._fence = fence
@@ -285,6 +287,7 @@ class Journal:
         with self._connect("reading the journal") as conn:
             row = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).one()
             self._check(conn, row, key, fresh=fresh)
+        self._checked.put(row)
         return self._batch(row)
 
     def _check(self, conn: sa.Connection, row: Any, key: bytes, *, fresh: bool = False) -> bytes:
@@ -382,7 +385,9 @@ class Journal:
     def rows(self, batch_id: int) -> list[BatchRow]:
         """The rows of a batch as recorded before the copy (with what was learnt since)."""
         with self._connect("reading the journal") as conn:
-            return self._load_rows(conn, self._row(conn, batch_id))
+            mac = conn.execute(sa.select(batches.c.mac).where(batches.c.id == batch_id)).scalar()
+            seen = self._checked.get(batch_id, mac)  # unchanged since its MAC was checked
+            return self._load_rows(conn, seen if seen is not None else self._row(conn, batch_id))
 
     def update_rows(self, batch_id: int, updates: Sequence[BatchRow]) -> None:
         """Record what a copy learnt about rows: digest at home, blob hash and location."""

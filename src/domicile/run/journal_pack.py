@@ -200,3 +200,34 @@ class Unpacked:
             while len(self._by_id) > self._size:
                 self._by_id.pop(next(iter(self._by_id)))
         return list(rows)
+
+
+class Checked:
+    """The batch records whose MAC this process checked last, by batch.
+
+    A step checks a batch's MAC over its packed rows, then reads the rows: if
+    the stored MAC is still the one checked, the record is the one checked
+    (every change of a batch's rows reseals it with a new MAC), and its packed
+    rows need not cross the network again.  Thread-safe; keeps *size* records.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._by_id: dict[int, Any] = {}
+
+    def put(self, row: Any) -> None:
+        """Remember *row* (a full batch record whose MAC was just checked)."""
+        with self._lock:
+            self._by_id.pop(row.id, None)
+            self._by_id[row.id] = row
+            while len(self._by_id) > self._size:
+                self._by_id.pop(next(iter(self._by_id)))
+
+    def get(self, batch_id: int, mac: str | None) -> Any | None:
+        """The record checked for *batch_id* if its MAC is still *mac*, else None."""
+        with self._lock:
+            row = self._by_id.get(batch_id)
+        if row is None or mac is None or row.mac != mac:
+            return None
+        return row

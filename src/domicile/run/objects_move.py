@@ -12,7 +12,9 @@ removed from home too (if home holds exactly the copy).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from domicile.blobs import coerce_owner, owner_pattern
 from domicile.connectors.objects import ObjectStore
@@ -25,6 +27,26 @@ from domicile.scan_objects import unconditional_waivers
 
 if TYPE_CHECKING:
     from domicile.run.context import RunContext
+
+OBJECT_COPIES = 8
+"""Objects of one batch worked on at once (hashed, copied, read back, deleted): each
+is a few round trips to a bucket or a disk, independent of the others."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on up to :data:`OBJECT_COPIES` threads, in order.
+
+    The first failure (in the items' order) is raised once every started call
+    has ended; journal writes stay with the caller, after the calls.
+    """
+    todo = list(items)
+    if len(todo) <= 1:
+        return [fn(x) for x in todo]
+    with ThreadPoolExecutor(max_workers=min(OBJECT_COPIES, len(todo))) as pool:
+        return list(pool.map(fn, todo))
 
 
 class ObjectMover:
@@ -76,60 +98,63 @@ class ObjectMover:
         """
         journal = self.ctx.journal
         rows = [r for r in journal.rows(batch.id) if r.status is None]
-        planned, gone = [], []
-        for r in rows:
-            assert r.blob is not None
-            if self.source.stat(r.key[0]) is None:
-                gone.append(r)  # deleted by the application since the batch was formed
-                continue
-            sha = self.source.sha256(r.key[0])
-            # what an earlier, killed attempt may have left at home stays known as ours
-            before = r.blob.get("sha256")
-            earlier = before if before and before != sha else None
-            blob = dict(r.blob, sha256=sha)
-            planned.append(BatchRow(r.key, sha, r.targets, None, earlier, blob))
+        found = each(self._plan, rows)
+        planned = [p for p in found if p is not None]
+        gone = [r for r, p in zip(rows, found, strict=True) if p is None]
         if gone:
             self._remove_home_copies(gone)
             journal.set_row_status(batch.id, [r.key for r in gone], "vanished")
         journal.update_rows(batch.id, planned)
-        updated = []
-        for r in planned:
-            assert r.blob is not None
-            home = self._store(r.targets[0])
-            key = r.key[0]
-            existing = home.stat(key)
-            if existing is not None:
-                at_home = home.sha256(key)
-                copies = journal.copies(self.ds.name, home.name, [r.key]).get(key_text(r.key), [])
-                decision = decide(
-                    at_home, self.source.sha256(key), copies, self.source.name,
-                    self.ctx.map.on_conflict,
-                )  # fmt: skip
-                if decision in (Decision.CONFLICT, Decision.CONFLICT_OTHER_SOURCE):
-                    raise ConflictError(
-                        f"object {key} is already at {home.name} with different content"
-                        + (
-                            ", copied there from another source"
-                            if decision is Decision.CONFLICT_OTHER_SOURCE
-                            else ""
-                        ),
-                        where=f"batch {batch.id} ({self.ds.name} from {self.source.name})",
-                        hint="compare both; set on_conflict: keep-home or overwrite, then resume"
-                        if decision is Decision.CONFLICT
-                        else "two sources hold different objects under one key: give them "
-                        "different homes or keys",
-                    )
-                if decision is Decision.KEEP_HOME:
-                    blob = dict(r.blob, sha256=at_home, kept_home=True)
-                    updated.append(BatchRow(r.key, at_home, r.targets, None, None, blob))
-                    continue
-            result = home.copy_from(self.source, key, key)
-            blob = dict(r.blob, sha256=result.sha256, version=result.source_version)
-            updated.append(BatchRow(r.key, result.sha256, r.targets, None, None, blob))
-            self.ctx.progress("bytes", self.ds.name, result.size)
+        updated = each(lambda r: self._copy_one(batch, r), planned)
         journal.update_rows(batch.id, updated)
         journal.transition(batch.id, "copied", counts={"copied": len(updated)})
         self.ctx.emit("batch.copied", batch, rows=[r.digest for r in updated], count=len(updated))
+
+    def _plan(self, r: BatchRow) -> BatchRow | None:
+        """The row with its object's SHA-256 at the source; None if the object is gone."""
+        assert r.blob is not None
+        if self.source.stat(r.key[0]) is None:
+            return None  # deleted by the application since the batch was formed
+        sha = self.source.sha256(r.key[0])
+        # what an earlier, killed attempt may have left at home stays known as ours
+        before = r.blob.get("sha256")
+        earlier = before if before and before != sha else None
+        return BatchRow(r.key, sha, r.targets, None, earlier, dict(r.blob, sha256=sha))
+
+    def _copy_one(self, batch: BatchRecord, r: BatchRow) -> BatchRow:
+        """Copy one planned object home (or keep what home holds); the row as copied."""
+        assert r.blob is not None
+        journal = self.ctx.journal
+        home = self._store(r.targets[0])
+        key = r.key[0]
+        if home.stat(key) is not None:
+            at_home = home.sha256(key)
+            copies = journal.copies(self.ds.name, home.name, [r.key]).get(key_text(r.key), [])
+            decision = decide(
+                at_home, self.source.sha256(key), copies, self.source.name,
+                self.ctx.map.on_conflict,
+            )  # fmt: skip
+            if decision in (Decision.CONFLICT, Decision.CONFLICT_OTHER_SOURCE):
+                raise ConflictError(
+                    f"object {key} is already at {home.name} with different content"
+                    + (
+                        ", copied there from another source"
+                        if decision is Decision.CONFLICT_OTHER_SOURCE
+                        else ""
+                    ),
+                    where=f"batch {batch.id} ({self.ds.name} from {self.source.name})",
+                    hint="compare both; set on_conflict: keep-home or overwrite, then resume"
+                    if decision is Decision.CONFLICT
+                    else "two sources hold different objects under one key: give them "
+                    "different homes or keys",
+                )
+            if decision is Decision.KEEP_HOME:
+                blob = dict(r.blob, sha256=at_home, kept_home=True)
+                return BatchRow(r.key, at_home, r.targets, None, None, blob)
+        result = home.copy_from(self.source, key, key)
+        self.ctx.progress("bytes", self.ds.name, result.size)
+        blob = dict(r.blob, sha256=result.sha256, version=result.source_version)
+        return BatchRow(r.key, result.sha256, r.targets, None, None, blob)
 
     def _remove_home_copies(self, rows: list[BatchRow]) -> None:
         """Remove each row's object at home if home holds exactly what was journalled."""
@@ -142,12 +167,16 @@ class ObjectMover:
     def verify(self, batch: BatchRecord) -> None:
         """Read each object back at home and compare SHA-256s; ``verified``."""
         rows = [r for r in self.ctx.journal.rows(batch.id) if r.status is None]
-        for r in rows:
+
+        def matches(r: BatchRow) -> bool:
             home = self._store(r.targets[0])
-            key = r.key[0]
-            if home.stat(key) is None or home.sha256(key) != r.digest:
+            return home.stat(r.key[0]) is not None and home.sha256(r.key[0]) == r.digest
+
+        for r, ok in zip(rows, each(matches, rows), strict=True):
+            if not ok:
                 raise VerificationError(
-                    f"object {key} at {home.name} does not match what was copied",
+                    f"object {r.key[0]} at {self._store(r.targets[0]).name} does not match "
+                    "what was copied",
                     where=f"batch {batch.id}",
                     hint="nothing was deleted; resume the run to copy it again",
                 )
@@ -172,18 +201,24 @@ class ObjectMover:
         rows = [r for r in all_rows if r.status is None]
         deleted, changed = 0, []
         vanished = [r for r in all_rows if r.status == "vanished"]
-        for r in rows:
+
+        def outcome(r: BatchRow) -> str:
             assert r.blob is not None
             key = r.key[0]
             if self.source.delete_if_unchanged(key, r.blob["version"]):
+                return "deleted"
+            if self.source.stat(key) is None:
+                # domicile's own delete before the crash, or the application's just now
+                return "deleted" if resumed else "vanished"
+            return "changed"  # overwritten after the copy: the next pass moves it
+
+        for r, what in zip(rows, each(outcome, rows), strict=True):
+            if what == "deleted":
                 deleted += 1
-            elif self.source.stat(key) is None:
-                if resumed:
-                    deleted += 1  # domicile's own delete before the crash
-                else:
-                    vanished.append(r)  # the application deleted it just now
+            elif what == "vanished":
+                vanished.append(r)
             else:
-                changed.append(r)  # overwritten after the copy: the next pass moves it
+                changed.append(r)
         self._remove_home_copies(vanished)
         journal.set_row_status(batch.id, [r.key for r in vanished], "vanished")
         journal.set_row_status(batch.id, [r.key for r in changed], "changed")
