@@ -85,6 +85,9 @@ class DaskExecutor:
                     "dask worker ADDRESS), or use --executor local",
                 ) from exc
         self.workers = max(1, len(self.client.scheduler_info()["workers"]))
+        # the workers import the move's modules while this process plans and
+        # counts, not in their first part (nothing of the map or its secrets)
+        self.client.run(_warm_up, wait=False)
         self._map_sha = hashlib.sha256(m.path.read_bytes()).hexdigest()
         self._key_sha = hashlib.sha256(deployment_key(m)).hexdigest()
         self._stop = f"domicile-stop-{uuid.uuid4().hex}"
@@ -186,6 +189,17 @@ class DaskExecutor:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+async def _warm_up() -> None:
+    """Import what a part runs (on each worker, once, while the coordinator plans).
+
+    A coroutine, as Dask runs a function without waiting only on the worker's
+    event loop; the import holds that loop for about a second, before any part.
+    """
+    import domicile.run.object_parts
+    import domicile.run.passes
+    import domicile.run.worker  # noqa: F401
 
 
 def _peak_rss_kib() -> int:
