@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -458,35 +456,9 @@ def test_an_export_verifies_across_pages(
 # -- PostgreSQL: the Core path ---------------------------------------------------
 
 
-PG_URL = os.environ.get(
-    "DOMICILE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database (skipped when the server is away, except in CI)."""
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"domicile_append_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"PostgreSQL is not reachable: {exc.orig}")
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
-def test_the_batched_append_stores_the_documented_bytes_on_postgresql(pg_url: str) -> None:
-    engine = sa.create_engine(pg_url)
+def test_the_batched_append_stores_the_documented_bytes_on_postgresql(make_db: Any) -> None:
+    engine = sa.create_engine(make_db("postgresql"))  # conftest: a fresh database, dropped after
     try:
         log = AuditLog(engine, ORIGIN)
         evs = events(SQLITE_ROWS_PER_STATEMENT + 3)

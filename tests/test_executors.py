@@ -78,6 +78,21 @@ def _state_rows(path: Path, sql: str) -> list[tuple]:
         engine.dispose()
 
 
+def _move_both(maps: dict[str, Path], batch_size: int, local_workers: int) -> None:
+    """Run the move of ``maps["local"]`` on local threads and of ``maps["dask"]`` on a
+    2-worker LocalCluster; both must end done."""
+    size = str(batch_size)
+    code, out = _domicile(
+        "run", "--workers", str(local_workers), "--batch-size", size, "-c", str(maps["local"])
+    )
+    assert code == 0, out
+    code, out = _domicile(
+        "run", "--executor", "dask", "--workers", "2", "--batch-size", size,
+        "-c", str(maps["dask"]),
+    )  # fmt: skip
+    assert code == 0, out
+
+
 def _plain(snap: dict) -> dict:
     return {d: {k: dict(v) for k, v in recs.items()} for d, recs in snap.items()}
 
@@ -89,13 +104,7 @@ def test_dask_local_cluster_moves_exactly_what_the_local_executor_moves(tmp_path
         maps[name] = build_demo(tmp_path / name, users=400, seed=7, media=True)
     before = snapshot(maps["local"])
     assert _plain(before) == _plain(snapshot(maps["dask"]))  # the same fleet twice
-    code, out = _domicile("run", "--batch-size", "150", "-c", str(maps["local"]))
-    assert code == 0, out
-    code, out = _domicile(
-        "run", "--executor", "dask", "--workers", "2", "--batch-size", "150",
-        "-c", str(maps["dask"]),
-    )  # fmt: skip
-    assert code == 0, out
+    _move_both(maps, batch_size=150, local_workers=1)
     local, dask = snapshot(maps["local"]), snapshot(maps["dask"])
     assert _plain(local) == _plain(dask)  # every record in the same stores, equal by digest
     check_invariants(maps["dask"], before, dask)
@@ -415,13 +424,7 @@ def test_objects_move_on_the_dask_workers_as_the_local_executor_moves_them(tmp_p
     objects_before = object_snapshot(maps["dask"])
     expected = expected_objects(maps["dask"], objects_before)
     assert upload in expected["media-us"] and upload not in expected["media-sg"]
-    code, out = _domicile("run", "--workers", "2", "--batch-size", "20", "-c", str(maps["local"]))
-    assert code == 0, out
-    code, out = _domicile(
-        "run", "--executor", "dask", "--workers", "2", "--batch-size", "20",
-        "-c", str(maps["dask"]),
-    )  # fmt: skip
-    assert code == 0, out
+    _move_both(maps, batch_size=20, local_workers=2)
     after = snapshot(maps["dask"])
     assert _plain(snapshot(maps["local"])) == _plain(after)
     check_invariants(maps["dask"], before, after)

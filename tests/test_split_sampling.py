@@ -98,6 +98,15 @@ def _pg_fleet(tmp_path, make_db, rows: int):  # type: ignore[no-untyped-def]
     return path, urls
 
 
+def _split(path, wanted: int) -> tuple[list[tuple], str]:  # type: ignore[no-untyped-def]
+    """The invoices' part bounds as domicile cuts them, and the SQL it sent (upper case)."""
+    with Fleet(load_map(path)) as fleet, _statements() as seen:
+        loc = fleet.location("invoices", "sg")
+        assert loc is not None
+        bounds = parts.split_points(loc, wanted=wanted, batch_size=1000)
+    return bounds, " ".join(seen).upper()
+
+
 def _pages(url: str) -> int:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -122,11 +131,7 @@ def small_pg_fleet(tmp_path, make_db):
 def test_a_large_table_is_cut_at_the_quantiles_of_a_sample(pg_fleet, monkeypatch):
     path, urls = pg_fleet
     monkeypatch.setattr(parts, "SAMPLE_ABOVE", 10_000)
-    with Fleet(load_map(path)) as fleet, _statements() as seen:
-        loc = fleet.location("invoices", "sg")
-        assert loc is not None
-        bounds = parts.split_points(loc, wanted=4, batch_size=1000)
-    sql = " ".join(seen).upper()
+    bounds, sql = _split(path, wanted=4)
     assert "TABLESAMPLE SYSTEM" in sql and "REPEATABLE" in sql and "COUNT(" not in sql
     pages = _pages(urls["sg"])
     assert pages / 2 > 4 * parts.SAMPLE_PAGES_PER_PART  # a sample, not the whole table
@@ -142,11 +147,7 @@ def test_a_large_table_is_cut_at_the_quantiles_of_a_sample(pg_fleet, monkeypatch
 def test_below_the_threshold_the_bounds_are_exact(small_pg_fleet, monkeypatch):
     path, urls = small_pg_fleet
     monkeypatch.setattr(parts, "SAMPLE_ABOVE", 10 * ROWS)
-    with Fleet(load_map(path)) as fleet, _statements() as seen:
-        loc = fleet.location("invoices", "sg")
-        assert loc is not None
-        bounds = parts.split_points(loc, wanted=8, batch_size=1000)
-    sql = " ".join(seen).upper()
+    bounds, sql = _split(path, wanted=8)
     assert "TABLESAMPLE" not in sql and "ROW_NUMBER" in sql
     counts = _rows_between(urls["sg"], bounds)
     assert counts[:-1] == [12_000 // 8] * 7 and sum(counts) == 12_000
@@ -160,11 +161,7 @@ def test_a_table_the_engine_has_no_page_count_for_is_cut_by_one_pass(small_pg_fl
     with engine.begin() as conn:  # what a table looks like before VACUUM or ANALYZE
         conn.execute(sa.text("UPDATE pg_class SET relpages = 0 WHERE relname = 'invoice'"))
     engine.dispose()
-    with Fleet(load_map(path)) as fleet, _statements() as seen:
-        loc = fleet.location("invoices", "sg")
-        assert loc is not None
-        bounds = parts.split_points(loc, wanted=4, batch_size=1000)
-    sql = " ".join(seen).upper()
+    bounds, sql = _split(path, wanted=4)
     assert "TABLESAMPLE" not in sql and "ROW_NUMBER" in sql
     assert sum(_rows_between(urls["sg"], bounds)) == 12_000 and len(bounds) == 3
 
@@ -209,25 +206,9 @@ def test_a_large_mariadb_table_is_counted_from_its_statistics(tmp_path, make_db,
         conn.execute(sa.text("ANALYZE TABLE invoice"))
     engine.dispose()
     monkeypatch.setattr(parts, "SAMPLE_ABOVE", 1_000)
-    with Fleet(load_map(path)) as fleet, _statements() as seen:
-        loc = fleet.location("invoices", "sg")
-        assert loc is not None
-        bounds = parts.split_points(loc, wanted=4, batch_size=1000)
-    sql = " ".join(seen).upper()
+    bounds, sql = _split(path, wanted=4)
     assert "TABLE_ROWS" in sql and "COUNT(" not in sql and "ROW_NUMBER" in sql
     assert len(bounds) == 3 and bounds == sorted(bounds)
-    engine = sa.create_engine(urls["sg"])
-    with engine.connect() as conn:
-        edges = [0, *[b[0] for b in bounds], 10**12]
-        counts = [
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM invoice WHERE invoice_id > :lo AND invoice_id <= :hi"
-                ),
-                {"lo": lo, "hi": hi},
-            ).scalar_one()
-            for lo, hi in itertools.pairwise(edges)
-        ]
-    engine.dispose()
+    counts = _rows_between(urls["sg"], bounds)
     assert sum(counts) == rows
     assert all(0.5 * rows / 4 <= n <= 1.5 * rows / 4 for n in counts), counts
