@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import re
 import threading
 from array import array
 from collections.abc import Sequence
@@ -26,7 +25,6 @@ from typing import Any, NamedTuple
 
 from domicile.run.journal_records import BatchRow, key_values
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _BINARY = b"B"  # digests: 32 raw bytes each
 _TEXTS = b"J"  # digests: a JSON list of strings (object versions, ETags)
 
@@ -47,27 +45,25 @@ def _dumps(value: Any) -> str:
 
 def pack(rows: Sequence[BatchRow]) -> Packed:
     """The packed form of *rows* (their order is kept)."""
-    keys = _dumps([list(r.key) for r in rows])
+    keys = _dumps([r.key for r in rows])  # tuples: JSON arrays
     digests = [r.digest for r in rows]
-    if all(len(d) == 64 and _HEX64.fullmatch(d) for d in digests):
-        packed_digests = _BINARY + bytes.fromhex("".join(digests))
-    else:
+    packed_digests = _binary_digests(digests)
+    if packed_digests is None:
         packed_digests = _TEXTS + _dumps(digests).encode()
     sets: dict[tuple[str, ...], int] = {}
-    index = array("H")
-    for r in rows:
-        index.append(sets.setdefault(tuple(r.targets), len(sets)))
+    index = array("H", [sets.setdefault(tuple(r.targets), len(sets)) for r in rows])
     notes: dict[str, dict[str, Any]] = {}
-    for i, r in enumerate(rows):
+    for i, (_key, _digest, _targets, status, home_digest, blob) in enumerate(rows):
+        if status is None and home_digest is None and blob is None:
+            continue
         note: dict[str, Any] = {}
-        if r.status is not None:
-            note["s"] = r.status
-        if r.home_digest is not None:
-            note["h"] = r.home_digest
-        if r.blob is not None:
-            note["b"] = r.blob
-        if note:
-            notes[str(i)] = note
+        if status is not None:
+            note["s"] = status
+        if home_digest is not None:
+            note["h"] = home_digest
+        if blob is not None:
+            note["b"] = blob
+        notes[str(i)] = note
     return Packed(
         keys=keys,
         digests=packed_digests,
@@ -75,6 +71,22 @@ def pack(rows: Sequence[BatchRow]) -> Packed:
         target_of=index.tobytes(),
         notes=_dumps(notes) if notes else None,
     )
+
+
+def _binary_digests(digests: list[str]) -> bytes | None:
+    """The digests as 32 raw bytes each when every one is 64 lower-case hex digits, else None.
+
+    ``bytes.fromhex`` also takes upper case and spaces: the round trip back to
+    the joined text rules both out, so unpacking gives back the same strings.
+    """
+    if digests and set(map(len, digests)) != {64}:
+        return None
+    joined = "".join(digests)
+    try:
+        raw = bytes.fromhex(joined)
+    except ValueError:
+        return None
+    return _BINARY + raw if raw.hex() == joined else None
 
 
 def unpack(p: Packed) -> list[BatchRow]:
@@ -86,8 +98,13 @@ def unpack(p: Packed) -> list[BatchRow]:
     index.frombytes(p.target_of)
     if len(index) != len(keys):
         raise ValueError(f"{len(keys)} keys but {len(index)} home indexes")
+    homes = [sets[t] for t in index]
+    new = tuple.__new__  # a BatchRow without its Python-level __new__ for each row
+    out: list[BatchRow] = [
+        new(BatchRow, (k, d, t, None, None, None))
+        for k, d, t in zip(map(tuple, keys), digests, homes, strict=True)
+    ]
     notes: dict[str, dict[str, Any]] = json.loads(p.notes) if p.notes else {}
-    out = [BatchRow(tuple(k), d, sets[t]) for k, d, t in zip(keys, digests, index, strict=True)]
     for pos, note in notes.items():
         i = int(pos)
         r = out[i]
