@@ -59,7 +59,8 @@ from campaign_app import (
 from campaign_launch import Launcher
 
 BATCH = "4"  # small batches: many protocol points, so many kills per move
-POINTS = ("copying", "copied", "verified", "deleting", "done", "dataset-done")
+POINTS = ("copying", "copied", "verified", "deleting", "done", "dataset-done", "read-ahead")
+IN_STEP = tuple(p for p in POINTS if p != "dataset-done")  # points inside a step
 FAMILIES = 6  # users (each with a post, its blob, a comment, an avatar) per legacy store
 RESEED = 3  # new families abroad when a move finished
 STUCK = 3  # a move whose undisturbed launches stop this often in a row is reported stuck
@@ -105,7 +106,7 @@ class KillInsideStep(Fault):
     name, weight = "kill-inside-step", 3.0
 
     def attempt(self, c: Campaign) -> Attempt:
-        state = c.rng.choice(POINTS[:5])
+        state = c.rng.choice(IN_STEP)
         return Attempt(at=f"{state}:{c.rng.randint(1, c.nth_limit(state))}:{c.rng.randint(1, 40)}")
 
 

@@ -45,11 +45,13 @@ class Trigger:
         self.state, self.nth, self.ms = state, int(nth or 0), ms
         self.points, self.counts = points, Counter[str]()
         self.first: float | None = None  # when the first point was reached (time.monotonic)
+        self.lock = threading.Lock()  # points are reached on several threads (read-ahead, deletes)
 
     def __call__(self, name: str) -> None:
-        self.counts[name] += 1
-        self.first = self.first or time.monotonic()
-        self.points.write_text(json.dumps({**self.counts, "_first": self.first}))
+        with self.lock:
+            self.counts[name] += 1
+            self.first = self.first or time.monotonic()
+            self.points.write_text(json.dumps({**self.counts, "_first": self.first}))
         self.crash(name)  # kills at STATE:N when no delay is asked
         if self.ms and name == self.state and self.counts[name] == self.nth:
             timer = threading.Timer(int(self.ms) / 1000, os.kill, (os.getpid(), signal.SIGKILL))

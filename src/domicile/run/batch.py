@@ -545,6 +545,23 @@ class Mover(RowReader):
                     held.discard(r.key)
         return held
 
+    def deletes_overlap(self) -> bool:
+        """True when two batches of this pair may be compare-and-deleted at once.
+
+        Their keys are disjoint, so their row locks cannot meet — as long as
+        every store involved locks rows (a SQLite file has one write lock), no
+        row of the table refers to another row of it (a delete's foreign-key
+        check would lock rows of the other batch), and no objects are deleted
+        with the rows (the check for a row still naming a shared object
+        relies on one batch at a time).
+        """
+        if self.blobs is not None or not self.source.store.behaviour.locks_rows:
+            return False
+        table = self.typed.table
+        if any(fk.column.table is table for fk in table.foreign_keys):
+            return False
+        return all(self.ctx.fleet.sql[t].behaviour.locks_rows for t in self.possible_homes())
+
     def _source_digests(self) -> TableDigests:
         if self._at_source is None:
             table = self.source.table

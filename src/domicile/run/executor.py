@@ -115,7 +115,7 @@ def execute(
     journal.set_key(deployment_key(m))
     with (
         acquire_lease(journal.engine, run_id=resume, break_lease=options.break_lease) as lease,
-        Fleet(m, pool_size=max(5, options.workers + 2)) as fleet,
+        Fleet(m, pool_size=max(5, 2 * options.workers + 2)) as fleet,
         StopFlag() as stop,
         ExitStack() as stack,
     ):

@@ -31,6 +31,8 @@ part shares it, a table's too (:func:`domicile.run.passes.delete_part`).
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -96,19 +98,52 @@ def delete_batches(
     source: str,
     pass_no: int,
     part: Part | None = None,
+    *,
+    overlap: int = 1,
 ) -> None:
-    """Compare-and-delete every verified batch of a pair's pass (of *part* only, if given)."""
+    """Compare-and-delete every verified batch of a pair's pass (of *part* only, if given).
+
+    *overlap* > 1 runs that many batches' deletes at once, each in its own
+    transactions (the payload says when that is safe: disjoint keys whose row
+    locks cannot wait on each other); one engine's answer is then awaited
+    while this process works on another batch.
+    """
+    todo = []
     for b in ctx.journal.batches(ctx.run_id, dataset, source):
         if b.pass_no != pass_no or b.state == BatchState.DONE:
             continue
         if part is not None and not part.holds(b):
             continue
-        ctx.stop.check()
-        ctx.check_lease()  # a run that lost its lease (broken by an operator) deletes nothing
+        todo.append(b)
+
+    def one(b: BatchRecord) -> None:
         before = b.counts.get("deleted", 0)
         settle(ctx.journal, payload, b.id, ctx.retry, until=BatchState.DONE)
         deleted = ctx.journal.batch(b.id).counts.get("deleted", 0) - before
         ctx.progress("deleted", dataset, deleted)
+
+    def ready() -> None:
+        ctx.stop.check()
+        ctx.check_lease()  # a run that lost its lease (broken by an operator) deletes nothing
+
+    if overlap <= 1 or len(todo) <= 1:
+        for b in todo:
+            ready()
+            one(b)
+        return
+    with ThreadPoolExecutor(max_workers=overlap, thread_name_prefix="domicile-delete") as pool:
+        running: deque[Future[None]] = deque()
+        try:
+            for b in todo:
+                ready()
+                running.append(pool.submit(one, b))
+                while len(running) >= overlap:
+                    running.popleft().result()
+            while running:
+                running.popleft().result()
+        finally:
+            for f in running:  # a failure or a stop: start no more; those running finish
+                f.cancel()
 
 
 # -- object datasets --------------------------------------------------------------------

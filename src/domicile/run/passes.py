@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 from domicile.connectors.objects import ObjectStore
 from domicile.fleet import Location
 from domicile.model import Dataset
+from domicile.run import hooks
 from domicile.run.batch import Mover
 from domicile.run.batch_sweep import sweep_home_copies
 from domicile.run.context import RunContext
@@ -40,7 +42,13 @@ from domicile.run.object_parts import (
     object_part,
 )
 from domicile.run.parts import PARTS_PER_WORKER, Part, journalled, parts_for
+from domicile.run.pipeline import read_ahead
 from domicile.run.protocol import BatchState, settle
+from domicile.run.reading import Page
+
+DELETE_OVERLAP = 2
+"""Batches of one part deleted at once where that is safe (:meth:`Mover.deletes_overlap`):
+one batch's statements run on the servers while this process works on the other's."""
 
 
 def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
@@ -58,9 +66,22 @@ def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> Non
         settle(journal, mover, b.id, ctx.retry, until=BatchState.VERIFIED)
     after = current[-1].hi if current else part.lo
     seq = current[-1].seq + 1 if current else part.first_seq
-    while True:
+
+    reads = 0
+
+    def read(start: tuple[Any, ...] | None) -> Page:
+        nonlocal reads
+        reads += 1
+        if reads > 1:  # a read ahead: the page before is moving meanwhile
+            hooks.point("read-ahead")
+        return ctx.retry.call(partial(mover.read, start, ctx.options.batch_size, part.hi))
+
+    def next_start(page: Page) -> tuple[Any, ...] | None:
+        return None if page.exhausted else page.hi
+
+    # the next page is read while this one is journalled, copied and verified
+    for page in read_ahead(read, after, next_start):
         ctx.stop.check()
-        page = ctx.retry.call(partial(mover.read, after, ctx.options.batch_size, part.hi))
         if page.rows:
             rows = [
                 BatchRow(c.key, c.digest, c.targets, None, c.home_digest, c.blob) for c in page.rows
@@ -74,15 +95,13 @@ def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> Non
             settle(journal, mover, batch_id, ctx.retry, until=BatchState.VERIFIED, values=values)
             ctx.progress("copied", ds.name, len(page.rows))
             ctx.throttle.wait(len(page.rows))
-        if page.exhausted:
-            break
-        after = page.hi
 
 
 def delete_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:
     """Compare-and-delete at the source every verified batch of one part."""
     mover = Mover(ctx, ds, source)
-    delete_batches(ctx, mover, ds.name, source.store.name, part.pass_no, part)
+    overlap = DELETE_OVERLAP if mover.deletes_overlap() else 1
+    delete_batches(ctx, mover, ds.name, source.store.name, part.pass_no, part, overlap=overlap)
 
 
 def _sources(ctx: RunContext, dataset: str) -> list[str]:

@@ -212,6 +212,17 @@ class RowReader:
         loc = self.ctx.existing_target(self.ds, target)
         return None if loc is None else self._as_moved(loc)
 
+    def possible_homes(self) -> set[str]:
+        """Every store a row of this dataset can be moved to: a jurisdiction's home."""
+        m = self.ctx.map
+        out = set()
+        for j in m.jurisdictions.values():
+            try:
+                out.add(home_store(m, j, self.ds))
+            except ConfigError:  # no home of this kind there: no row goes to it
+                continue
+        return {s for s in out if s in self.ctx.fleet.sql}
+
     def _as_moved(self, loc: Location) -> Location:
         if not self.stored:
             return loc
