@@ -114,8 +114,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from domicile import digest as d
-from domicile.connectors.sql_types import AsText, register_sqlite_sha256
 from domicile.connectors.schema import family
+from domicile.connectors.sql_types import AsText, register_sqlite_sha256
 
 __all__ = [
     "COVERED",

@@ -2,8 +2,9 @@
 
 Production code calls :func:`point` at each journal transition, and as a page
 is read ahead (``read-ahead``); nothing happens unless a hook object was
-installed with :func:`install`, which only test-owned entry scripts do (``tests/crashrun.py`` kills the process with
-SIGKILL at the n-th time a point is reached, or sleeps there).  No
+installed with :func:`install`, which only test-owned entry scripts do
+(``tests/crashrun.py`` kills the process with SIGKILL at the n-th time a
+point is reached, or sleeps there).  No
 environment variable is read: a production process cannot be made to crash
 by its environment.
 """
