@@ -315,6 +315,22 @@ def test_sql_faults_mid_copy_and_mid_delete_are_survived(net_fleet, variant):
     _survived(f"sql-{variant}", *f.proxies)
 
 
+def test_a_delete_lost_while_tidying_up_after_done_is_not_run_again(net_fleet):
+    """Regression: the connection lost while a finished delete cleared its delete mark
+    (after ``done`` was journalled) made the retry run the delete step again on a done
+    batch: ``done -> deleting is not allowed``, and the run stopped."""
+    f = net_fleet
+    faults: list[Fault] = [
+        (("done", 2), "pg", ("request", b"DELETE FROM domicile_delete_marks"), "reset")
+    ]
+    hook = _plan(faults, {"pg": f.pg, "my": f.my})
+    assert _move(hook, f.path, batch_size=1) == "done"
+    _check_fired(hook, faults, {"pg": f.pg, "my": f.my})
+    check_invariants(f.truth, f.before, snapshot(f.truth))
+    assert not _unfinished(f.path)
+    _survived("sql-tidy-up-after-done", *f.proxies)
+
+
 @pytest.mark.parametrize("side", ["home-mid-copy", "source-mid-delete"])
 def test_sql_server_that_stays_away_stops_resumably_and_resume_completes(net_fleet, capsys, side):
     f = net_fleet

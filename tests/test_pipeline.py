@@ -151,6 +151,34 @@ def _batches_not_done(path: Path) -> int:
 
 
 @pytest.mark.slow
+def test_postgresql_batches_delete_two_at_a_time(tmp_path, make_db):
+    """With a pause inside the first batch's delete (its locks held), the other delete
+    thread goes on: a later batch of the same dataset finishes its delete first.
+    Deleting one batch at a time, batches finish in their order."""
+    path = _postgresql_fleet(tmp_path, make_db)
+    before = snapshot(path)
+    done = _cli(path, "run", "--batch-size", "1", pause="deleting:1:4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    check_invariants(path, before, snapshot(path))
+    engine = sa.create_engine(f"sqlite:///{path.parent / '.domicile' / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT dataset, source, seq, updated_at FROM domicile_batches")
+            ).all()
+    finally:
+        engine.dispose()
+    finished = {(d, src, seq): str(at) for d, src, seq, at in rows}
+    overtaken = [
+        (d, s1, s2)
+        for (d, src, s1), at1 in finished.items()
+        for (d2, src2, s2), at2 in finished.items()
+        if (d, src) == (d2, src2) and s2 > s1 and at2 < at1
+    ]
+    assert overtaken, "every batch finished its delete in order: no two deletes overlapped"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("crash", ["deleting:2", "deleting:5", "done:3"])
 def test_postgresql_killed_with_two_deletes_in_flight_then_resumed(tmp_path, make_db, crash):
     """SIGKILL between one batch's set delete and its journal record while the other

@@ -46,10 +46,9 @@ from domicile.run.pipeline import read_ahead
 from domicile.run.protocol import BatchState, settle
 from domicile.run.reading import Page
 
-DELETE_OVERLAP = 1
-"""Batches of one part deleted at once where that is safe (:meth:`Mover.deletes_overlap`).
-1 for now: with 2, a delete retried after a stalled connection met a batch already
-``done`` (tests/test_network_faults.py); off until that is understood and fixed."""
+DELETE_OVERLAP = 2
+"""Batches of one part deleted at once where that is safe (:meth:`Mover.deletes_overlap`):
+one batch's statements run on the servers while this process works on the other's."""
 
 
 def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> None:

@@ -110,15 +110,28 @@ def advance(
         return again
     step: Callable[[], Any]
     if state is BatchState.COPYING:
-        step, side = (lambda: payload.copy_batch(batch_id, values)), "copy"
+        step, side, ends = (lambda: payload.copy_batch(batch_id, values)), "copy", BatchState.COPIED
     elif state is BatchState.COPIED:
-        step, side = (lambda: payload.verify_batch(batch_id)), "copy"
+        step, side, ends = (lambda: payload.verify_batch(batch_id)), "copy", BatchState.VERIFIED
     elif state in (BatchState.VERIFIED, BatchState.DELETING) and delete:
-        step, side = (lambda: payload.delete_batch(batch_id)), "delete"
+        step, side, ends = (lambda: payload.delete_batch(batch_id)), "delete", BatchState.DONE
     else:
         return state
+    attempts = 0
+
+    def attempt() -> None:
+        # An attempt can fail after it journalled the state its step ends in (a
+        # connection lost while it tidied up, such as clearing a delete mark):
+        # the step is done then, and running it again would go backwards.
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1 and journal.batch(batch_id).state == ends.value:
+            log.debug("batch %d: an earlier attempt reached %s", batch_id, ends.value)
+            return
+        step()
+
     try:
-        retry.call(step)
+        retry.call(attempt)
     except DomicileError as exc:
         log.warning("batch %d (%s from %s) failed in %s: %s", batch_id, batch.dataset,
                     batch.source, side, exc)  # fmt: skip
