@@ -72,7 +72,7 @@ def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> Non
     def read(start: tuple[Any, ...] | None) -> Page:
         nonlocal reads
         reads += 1
-        if reads > 1:  # a read ahead: the page before is moving meanwhile
+        if reads > 1:  # the next page: read ahead (where it is) while the one before moves
             hooks.point("read-ahead")
         return ctx.retry.call(partial(mover.read, start, ctx.options.batch_size, part.hi))
 
@@ -80,7 +80,7 @@ def copy_part(ctx: RunContext, ds: Dataset, source: Location, part: Part) -> Non
         return None if page.exhausted else page.hi
 
     # the next page is read while this one is journalled, copied and verified
-    for page in read_ahead(read, after, next_start):
+    for page in read_ahead(read, after, next_start, ahead=mover.reads_ahead()):
         ctx.stop.check()
         if page.rows:
             rows = [

@@ -20,14 +20,27 @@ A = TypeVar("A")
 P = TypeVar("P")
 
 
-def read_ahead(read: Callable[[A], P], first: A, after: Callable[[P], A | None]) -> Iterator[P]:
+def read_ahead(
+    read: Callable[[A], P], first: A, after: Callable[[P], A | None], *, ahead: bool = True
+) -> Iterator[P]:
     """``read(first)``, then ``read(after(page))`` for each page until *after* gives None.
 
     Each read after the first runs while the caller works on the page before
     it.  A read's exception is raised where its page would have been handed
     out.  Closing the iterator early (a ``break``, an exception in the
-    caller) waits for the read in flight, whose page is dropped.
+    caller) waits for the read in flight, whose page is dropped.  With
+    *ahead* false the reads run on the caller's thread, each when its page is
+    asked for (where no server works meanwhile, a second thread only adds
+    switching between the two).
     """
+    if not ahead:
+        page = read(first)
+        while True:
+            nxt = after(page)
+            yield page
+            if nxt is None:
+                return
+            page = read(nxt)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="domicile-read-ahead")
     pending: Future[P] | None = pool.submit(read, first)
     try:

@@ -212,6 +212,13 @@ class RowReader:
         loc = self.ctx.existing_target(self.ds, target)
         return None if loc is None else self._as_moved(loc)
 
+    def reads_ahead(self) -> bool:
+        """True when a server answers some of this pair's statements (the source or a
+        home is not a file in this process): reading the next page while a batch
+        moves then overlaps that server's work with this process's."""
+        stores = [self.source.store, *(self.ctx.fleet.sql[t] for t in self.possible_homes())]
+        return any(not s.behaviour.file_based for s in stores)
+
     def possible_homes(self) -> set[str]:
         """Every store a row of this dataset can be moved to: a jurisdiction's home."""
         m = self.ctx.map
