@@ -39,6 +39,13 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, int | str) else str(v)
 
 
+def no_record_lost(before: Snapshot, now: Snapshot) -> None:
+    """Every record of *before* is still somewhere in *now* (invariant 1, mid-run)."""
+    for dataset, records in before.items():
+        for key, places in records.items():
+            assert now.get(dataset, {}).get(key), f"lost {dataset} {key} (was in {places})"
+
+
 def check_invariants(
     path: Path,
     before: Snapshot,

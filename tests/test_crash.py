@@ -13,7 +13,7 @@ from domicile.datamap import load_map
 from domicile.demo import build_demo
 from domicile.run.journal import Journal
 from domicile.state import state_engine
-from invariants import check_invariants, snapshot, sqlite_foreign_keys_hold
+from invariants import check_invariants, no_record_lost, snapshot, sqlite_foreign_keys_hold
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,6 @@ def _cli(path: Path, *args: str, crash: str | None = None) -> subprocess.Complet
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
-
-
-def _no_record_lost(before, now) -> None:  # type: ignore[no-untyped-def]
-    for dataset, records in before.items():
-        for key, places in records.items():
-            assert now.get(dataset, {}).get(key), f"lost {dataset} {key} (was in {places})"
 
 
 @pytest.mark.parametrize(
@@ -51,7 +45,7 @@ def test_kill_at_transition_then_resume_keeps_every_invariant(tmp_path, crash):
     killed = _cli(path, "run", "--batch-size", "40", crash=crash)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     mid = snapshot(path)
-    _no_record_lost(before, mid)  # invariant 1 holds at the moment of the crash
+    no_record_lost(before, mid)  # invariant 1 holds at the moment of the crash
     m = load_map(path)
     runs = Journal(state_engine(m.state, m.base_dir)).unfinished()
     assert len(runs) == 1
@@ -78,7 +72,7 @@ def test_two_crashes_in_a_row(tmp_path):
     run_id = Journal(state_engine(m.state, m.base_dir)).unfinished()[0].id
     second = _cli(path, "run", "--resume", run_id, "--batch-size", "30", crash="deleting:2")
     assert second.returncode == -signal.SIGKILL
-    _no_record_lost(before, snapshot(path))
+    no_record_lost(before, snapshot(path))
     third = _cli(path, "run", "--resume", run_id, "--batch-size", "30")
     assert third.returncode == 0, third.stdout + third.stderr
     check_invariants(path, before, snapshot(path))

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from domicile.datamap import load_map
 from domicile.run.journal import Journal
 from domicile.run.pipeline import read_ahead
 from domicile.state import state_engine
-from invariants import check_invariants, snapshot
+from invariants import check_invariants, no_record_lost, snapshot
 
 
 def _cli(path: Path, *args: str, crash: str | None = None, pause: str | None = None):  # type: ignore[no-untyped-def]
@@ -36,12 +37,6 @@ def _cli(path: Path, *args: str, crash: str | None = None, pause: str | None = N
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
-
-
-def _no_record_lost(before, now) -> None:  # type: ignore[no-untyped-def]
-    for dataset, records in before.items():
-        for key, places in records.items():
-            assert now.get(dataset, {}).get(key), f"lost {dataset} {key} (was in {places})"
 
 
 def _unfinished(path: Path) -> list[str]:
@@ -131,6 +126,29 @@ def test_read_ahead_closed_early_waits_for_the_read_in_flight():
 # -- whole moves, killed inside the pipeline ----------------------------------------------
 
 
+def _kill_then_resume(path: Path, crash: str) -> None:
+    """``run --batch-size 1`` killed at *crash*; nothing lost then; resumed to the end."""
+    before = snapshot(path)
+    killed = _cli(path, "run", "--batch-size", "1", crash=crash)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    no_record_lost(before, snapshot(path))
+    runs = _unfinished(path)
+    assert len(runs) == 1
+    resumed = _cli(path, "run", "--resume", runs[0], "--batch-size", "1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_invariants(path, before, snapshot(path))
+
+
+def _state_rows(path: Path, sql: str) -> list[Any]:
+    """Rows of the test's own query on the fleet's SQLite state store."""
+    engine = sa.create_engine(f"sqlite:///{path.parent / '.domicile' / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql)).all())
+    finally:
+        engine.dispose()
+
+
 def _postgresql_fleet(tmp_path: Path, make_db) -> Path:  # type: ignore[no-untyped-def]
     """fleetkit's fleet with every store on PostgreSQL: every home locks rows."""
     urls = {"sg": make_db("postgresql"), "us": make_db("postgresql"), "ca": make_db("postgresql")}
@@ -142,26 +160,7 @@ def _postgresql_fleet(tmp_path: Path, make_db) -> Path:  # type: ignore[no-untyp
 def test_killed_while_a_page_is_read_ahead_then_resumed(tmp_path, make_db, nth):
     """SIGKILL on the read-ahead thread, while the batch before it is being copied
     (PostgreSQL stores: a server works meanwhile, so pages are read ahead)."""
-    path = _postgresql_fleet(tmp_path, make_db)
-    before = snapshot(path)
-    killed = _cli(path, "run", "--batch-size", "1", crash=f"read-ahead:{nth}")
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    _no_record_lost(before, snapshot(path))
-    runs = _unfinished(path)
-    assert len(runs) == 1
-    resumed = _cli(path, "run", "--resume", runs[0], "--batch-size", "1")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    check_invariants(path, before, snapshot(path))
-
-
-def _batches_not_done(path: Path) -> int:
-    engine = sa.create_engine(f"sqlite:///{path.parent / '.domicile' / 'state.db'}")
-    try:
-        with engine.connect() as conn:
-            sql = "SELECT count(*) FROM domicile_batches WHERE state != 'done'"
-            return int(conn.execute(sa.text(sql)).scalar_one())
-    finally:
-        engine.dispose()
+    _kill_then_resume(_postgresql_fleet(tmp_path, make_db), f"read-ahead:{nth}")
 
 
 @pytest.mark.slow
@@ -174,14 +173,7 @@ def test_postgresql_batches_delete_two_at_a_time(tmp_path, make_db):
     done = _cli(path, "run", "--batch-size", "1", pause="deleting:1:4")
     assert done.returncode == 0, done.stdout + done.stderr
     check_invariants(path, before, snapshot(path))
-    engine = sa.create_engine(f"sqlite:///{path.parent / '.domicile' / 'state.db'}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT dataset, source, seq, updated_at FROM domicile_batches")
-            ).all()
-    finally:
-        engine.dispose()
+    rows = _state_rows(path, "SELECT dataset, source, seq, updated_at FROM domicile_batches")
     finished = {(d, src, seq): str(at) for d, src, seq, at in rows}
     overtaken = [
         (d, s1, s2)
@@ -195,19 +187,11 @@ def test_postgresql_batches_delete_two_at_a_time(tmp_path, make_db):
 @pytest.mark.slow
 @pytest.mark.parametrize("crash", ["deleting:2", "deleting:5", "done:3"])
 def test_postgresql_killed_with_two_deletes_in_flight_then_resumed(tmp_path, make_db, crash):
-    """SIGKILL between one batch's set delete and its journal record while the other
-    delete thread is inside its own transaction; the resume settles both."""
+    """SIGKILL at one batch's delete transitions while the other delete thread is
+    inside its own transaction; the resume settles both."""
     path = _postgresql_fleet(tmp_path, make_db)
-    before = snapshot(path)
-    killed = _cli(path, "run", "--batch-size", "1", crash=crash)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    _no_record_lost(before, snapshot(path))
-    runs = _unfinished(path)
-    assert len(runs) == 1
-    resumed = _cli(path, "run", "--resume", runs[0], "--batch-size", "1")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    check_invariants(path, before, snapshot(path))
-    assert _batches_not_done(path) == 0
+    _kill_then_resume(path, crash)
+    assert _state_rows(path, "SELECT id FROM domicile_batches WHERE state != 'done'") == []
     ok = subprocess.run(
         [sys.executable, "-m", "domicile", "audit", "verify", "-c", str(path)],
         capture_output=True,
